@@ -1,0 +1,56 @@
+"""The `smx` command: a thin Typer layer. Each sub-module parses one area's options and calls one function.
+
+Bad input (smx.errors.UserError or any ValueError raised for user input) is printed as one line, without a
+traceback, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from smx.cli import compare, data, diagnose, evaluate, recipe, train
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="smx",
+    help="Train Switch Transformer MoE models and compare router gradient estimators head to head.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(recipe.app, name="recipe")
+app.add_typer(diagnose.app, name="diagnose")
+app.add_typer(evaluate.app, name="eval")
+train.register(app)
+compare.register(app)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on argv and return its exit code; bad input gives one line on stderr and code 2."""
+    try:
+        result = app(args=argv, prog_name="smx", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except typer.TyperException as e:  # usage errors: unknown option, missing argument, bad value
+        err_console.print(f"error: {e.format_message()}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except ValueError as e:  # smx.errors.UserError and every ValueError raised for user input
+        msg = " ".join(str(e).split()) if "\n" not in str(e) else str(e)
+        err_console.print(f"error: {msg}", markup=False)
+        return 2
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,39 @@
+"""SparseMixer v2 from GRIN (Liu et al., 2024, "GRIN: GRadient-INformed MoE"), top-k by sampling without replacement.
+
+Stage j = 1..k: the experts chosen in earlier stages are set to -inf, the 2*eps mask uses this stage's maximum,
+D_j ~ masked softmax (Gumbel-max); gate_j = s_j * p_D with s_j = 1 if D_j is the stage argmax or with probability 1/4,
+else s_j = 1/3 (GRIN's third-order rule, Heun: f(x) - f(0) = 1/4 f'(x) + 3/4 f'(x/3)). Gates are not renormalized.
+Backward (router), per stage: dL/dz = <g, E_D> p_D (e_D - p), written to the raw logits: no factor 2, no factor s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from smx.estimators.base import Estimator, Routing, check_eps, uniform
+from smx.estimators.sparsemixer import route_masked
+
+
+def third_order_scale(is_argmax: Tensor, generator: torch.Generator | None) -> Tensor:
+    """s = 1 if argmax or with probability 1/4, else 1/3."""
+    u = uniform(is_argmax.shape, is_argmax.device, generator)
+    return torch.where(is_argmax | (u < 0.25), 1.0, 1.0 / 3.0).float()
+
+
+@dataclass(frozen=True)
+class SparseMixerV2(Estimator):
+    """Options: jitter_eps (GRIN reference 0.01)."""
+
+    jitter_eps: float = 0.01
+    name: ClassVar[str] = "sparsemixer_v2"
+    masked_sampling: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_eps(self.name, self.jitter_eps)
+
+    def __call__(self, logits: Tensor, k: int = 2, training: bool = True, generator=None) -> Routing:
+        return route_masked(logits, k, self.jitter_eps, training, generator, third_order_scale, grad_scale=1.0)
