@@ -1,0 +1,171 @@
+"""MoEFeedForward: a Switch Transformer feed-forward layer with a pluggable router gradient estimator.
+
+Per call: drop padding tokens, route them in float32 (Router), let the estimator pick experts and gates (Routing),
+dispatch by index to the experts (FFNs with stacked weights), combine gate x expert output, then add the estimator's
+extra terms: dense estimators get sum_i dense_weight_i E_i(x) over every expert, Default MoE gets
+default_weight @ default_vectors (an EMA of each expert's mean output, updated before use). Training uses
+capacity_factor, evaluation eval_capacity_factor (None = dropless); `self.training` also selects the estimator's
+training or (deterministic) evaluation routing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from smx import estimators
+from smx.estimators.base import Estimator, Routing
+from smx.moe.config import MoEConfig
+from smx.moe.dispatch import DispatchPlan, all_experts, combine, expert_capacity, plan_dispatch, run_experts
+from smx.moe.losses import RoutingStats, load_balance_loss, routing_stats, z_loss
+from smx.moe.router import Router
+
+
+@dataclass(frozen=True)
+class MoEOutput:
+    y: Tensor  # (..., d_model) in the input dtype; 0 for padding and fully dropped tokens
+    balance_loss: Tensor  # () float32
+    z_loss: Tensor  # () float32
+    stats: RoutingStats
+
+
+def build_estimator(config: MoEConfig) -> Estimator:
+    """smx.estimators.get(name, **options), validated for (k, num_experts); errors name the moe.* key."""
+    try:
+        est = estimators.get(config.estimator, **config.estimator_options)
+    except (TypeError, ValueError) as err:  # unknown name, unknown option, bad option value
+        key = "moe.estimator_options" if config.estimator in estimators.names() else "moe.estimator"
+        raise ValueError(f"{key}: {err}") from err
+    est.validate(config.k, config.num_experts)  # its messages name moe.k (e.g. a constant top-1 gate)
+    return est
+
+
+def ema_update(vectors: Tensor, initialized: Tensor, sums: Tensor, counts: Tensor, beta: float) -> None:
+    """In place, no grad: rows with counts > 0 move to beta * old + (1 - beta) * mean (first time: the mean).
+
+    vectors (E, d) float32, initialized (E,) bool, sums (E, d) float32 summed expert outputs, counts (E,).
+    Rows with no tokens this step are left unchanged.
+    """
+    seen = counts > 0  # (E,)
+    mean = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)  # (E, d)
+    blended = torch.where(initialized.unsqueeze(1), beta * vectors + (1 - beta) * mean, mean)  # (E, d)
+    vectors.copy_(torch.where(seen.unsqueeze(1), blended, vectors))
+    initialized.logical_or_(seen)
+
+
+class MoEFeedForward(nn.Module):
+    """forward(x (..., d_model), padding_mask (...,) bool True = pad, generator) -> MoEOutput.
+
+    `estimator` overrides config.estimator / config.estimator_options with a ready instance (tests, diagnostics);
+    it is still validated for (k, num_experts).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, config: MoEConfig, *, estimator: Estimator | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, MoEConfig):
+            raise TypeError(f"config must be a MoEConfig; got {type(config).__name__}")
+        for key, value in (("d_model", d_model), ("d_ff", d_ff)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MoE {key} must be an integer >= 1; got {value!r}")
+        if estimator is None:
+            estimator = build_estimator(config)
+        else:
+            estimator.validate(config.k, config.num_experts)
+        self.config = config
+        self.estimator = estimator
+        self.d_model, self.d_ff = d_model, d_ff
+        num_experts = config.num_experts
+        self.router = Router(d_model, num_experts, bias=config.router_bias, input_jitter=config.input_jitter)
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))  # (E, d, d_ff)
+        self.b1 = nn.Parameter(torch.empty(num_experts, d_ff))  # (E, d_ff)
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_ff, d_model))  # (E, d_ff, d)
+        self.b2 = nn.Parameter(torch.empty(num_experts, d_model))  # (E, d)
+        self.omega = nn.Parameter(torch.ones(d_model)) if config.output_scale else None  # (d,)
+        if estimator.uses_default_vectors:
+            self.register_buffer("default_vectors", torch.zeros(num_experts, d_model, dtype=torch.float32))
+            self.register_buffer("default_initialized", torch.zeros(num_experts, dtype=torch.bool))
+        else:
+            self.default_vectors = None
+            self.default_initialized = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Like nn.Linear, per expert: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        with torch.no_grad():
+            bound1, bound2 = 1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_ff)
+            self.w1.uniform_(-bound1, bound1)
+            self.b1.uniform_(-bound1, bound1)
+            self.w2.uniform_(-bound2, bound2)
+            self.b2.uniform_(-bound2, bound2)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={c.num_experts}, k={c.k}, "
+                f"estimator={self.estimator.name!r}, capacity_factor={c.capacity_factor}, "
+                f"eval_capacity_factor={c.eval_capacity_factor}, drop_policy={c.drop_policy!r}")
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None,
+                generator: torch.Generator | None = None) -> MoEOutput:
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"MoE input last dimension must be d_model={self.d_model}; got shape {tuple(x.shape)}")
+        flat = x.reshape(-1, self.d_model)  # (N, d) all positions
+        if padding_mask is None:
+            routed_index = None
+            tokens = flat  # (T, d)
+        else:
+            if padding_mask.shape != x.shape[:-1]:
+                raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal x.shape[:-1] = "
+                                 f"{tuple(x.shape[:-1])}")
+            routed_index = (~padding_mask.reshape(-1).bool()).nonzero().squeeze(1)  # (T,)
+            tokens = flat[routed_index]  # (T, d)
+        y, balance, zl, stats = self._moe(tokens, generator)  # y (T, d) float32
+        if routed_index is not None:
+            y = y.new_zeros(flat.shape[0], self.d_model).index_copy(0, routed_index, y)  # (N, d), pads 0
+        return MoEOutput(y=y.to(x.dtype).reshape(x.shape), balance_loss=balance, z_loss=zl, stats=stats)
+
+    def _moe(self, tokens: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, RoutingStats]:
+        c, est = self.config, self.estimator
+        num_tokens = tokens.shape[0]
+        logits = self.router(tokens, generator)  # (T, E) float32
+        routing: Routing = est(logits, k=c.k, training=self.training, generator=generator)
+        factor = c.capacity_factor if self.training else c.eval_capacity_factor
+        capacity = expert_capacity(num_tokens, c.num_experts, c.k, factor)
+        priority = None
+        if c.drop_policy == "probability" and capacity is not None:
+            priority = routing.probs.gather(1, routing.expert_index)  # (T, k) router probability of each choice
+        plan = plan_dispatch(routing.expert_index, c.num_experts, capacity, priority)
+        expert_in = tokens.to(self.w1.dtype)  # (T, d) the experts see the tokens unjittered
+        ffn = (self.w1, self.b1, self.w2, self.b2, c.activation, c.activation_dropout, self.training)
+        all_out = None
+        if est.dense:
+            all_out = all_experts(expert_in, *ffn)  # (T, E, d)
+            expert_out = all_out[plan.token, plan.expert]  # (n_kept, d)
+        else:
+            expert_out = run_experts(expert_in, plan, *ffn)  # (n_kept, d)
+        y = combine(expert_out, plan, routing.gate, num_tokens)  # (T, d) float32
+        if all_out is not None and routing.dense_weight is not None:
+            y = y + torch.einsum("te,ted->td", routing.dense_weight.float(), all_out.float())
+        if self.training and est.uses_default_vectors and routing.default_weight is not None:
+            self._update_default_vectors(expert_out, plan)
+            y = y + routing.default_weight.float() @ self.default_vectors.detach().float()  # (T, d)
+        if self.omega is not None:
+            y = y * self.omega.float()
+        balance = load_balance_loss(routing.probs.float(), routing.expert_index)
+        zl = z_loss(logits)
+        stats = routing_stats(routing.probs, routing.expert_index, plan.kept)
+        return y, balance, zl, stats
+
+    @torch.no_grad()
+    def _update_default_vectors(self, expert_out: Tensor, plan: DispatchPlan) -> None:
+        """EMA (beta = estimator.beta) of each expert's mean output over the tokens it computed this step."""
+        num_experts = self.config.num_experts
+        sums = expert_out.detach().float().new_zeros(num_experts, self.d_model)
+        sums.index_add_(0, plan.expert, expert_out.detach().float())  # (E, d)
+        counts = torch.bincount(plan.expert, minlength=num_experts)  # (E,)
+        vectors = self.default_vectors.float()  # a copy if the module was cast to another dtype
+        ema_update(vectors, self.default_initialized, sums, counts, float(self.estimator.beta))
+        if vectors is not self.default_vectors:
+            self.default_vectors.copy_(vectors)
