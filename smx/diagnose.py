@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from smx import estimators
-from smx.estimators.base import Routing
+from smx.estimators.base import Routing, keep_mask, masked_softmax
 
 LOSSES = ("linear", "quadratic", "mlp")
 
@@ -38,6 +38,7 @@ class Problem:
     head: Tensor  # (d_out, d_out) fixed nonlinear head (mlp loss only)
     loss: str
     k: int
+    offset: float = 0.0  # added to every logit: softmax-invariant, but the SparseMixer mask is not shift-invariant
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Fidelity:
 
 
 def make_problem(experts: int = 4, k: int = 1, tokens: int = 32, loss: str = "quadratic", d: int = 16,
-                 d_out: int = 8, logit_scale: float = 2.0, seed: int = 0) -> Problem:
+                 d_out: int = 8, logit_scale: float = 2.0, seed: int = 0, offset: float = 0.0) -> Problem:
     if loss not in LOSSES:
         raise ValueError(f"--loss must be one of {', '.join(LOSSES)}; got {loss!r}")
     if not 1 <= k <= experts:
@@ -64,7 +65,7 @@ def make_problem(experts: int = 4, k: int = 1, tokens: int = 32, loss: str = "qu
     outputs = torch.randn(tokens, experts, d_out, generator=g, dtype=torch.float64)
     target = torch.randn(tokens, d_out, generator=g, dtype=torch.float64)
     head = torch.randn(d_out, d_out, generator=g, dtype=torch.float64) / d_out**0.5
-    return Problem(x, weight, outputs, target, head, loss, k)
+    return Problem(x, weight, outputs, target, head, loss, k, offset)
 
 
 def token_loss(problem: Problem, y: Tensor) -> Tensor:
@@ -76,20 +77,28 @@ def token_loss(problem: Problem, y: Tensor) -> Tensor:
     return 0.5 * ((torch.tanh(y @ problem.head) - problem.target) ** 2).sum(-1)
 
 
-def exact_gradient(problem: Problem) -> Tensor:
-    """d/dW of sum_t E_seq[L_t], enumerating every ordered choice of k distinct experts per token. (E, d) float64."""
+def exact_gradient(problem: Problem, reference_eps: float | None = None) -> Tensor:
+    """d/dW of sum_t E_seq[L_t], enumerating every ordered choice of k distinct experts per token. (E, d) float64.
+
+    reference_eps None: D_j ~ softmax over the experts not chosen yet (stage probability p_D / (1 - sum_prev p)).
+    reference_eps = eps: the SparseMixer forward itself, D_j ~ masked softmax with the 2*eps band of stage j
+    (the mask is piecewise constant in W, so its derivative is zero almost everywhere).
+    """
+    eps = float("inf") if reference_eps is None else reference_eps
     weight = problem.weight.clone().requires_grad_(True)
-    p = torch.softmax(problem.x @ weight.T, dim=-1)  # (T, E)
+    z = problem.x @ weight.T + problem.offset  # (T, E)
+    tokens, num_experts = z.shape
     total = torch.zeros((), dtype=torch.float64)
-    for seq in itertools.permutations(range(p.shape[1]), problem.k):
-        prob = torch.ones(p.shape[0], dtype=torch.float64)  # (T,)
-        used = torch.zeros(p.shape[0], dtype=torch.float64)
+    for seq in itertools.permutations(range(num_experts), problem.k):
+        prob = torch.ones(tokens, dtype=torch.float64)  # (T,)
+        chosen = torch.zeros(tokens, num_experts, dtype=torch.bool)
         y = torch.zeros_like(problem.target)  # (T, d_out)
-        for expert in seq:
-            q = p[:, expert] / (1.0 - used)  # (T,) stage probability
+        for stage, expert in enumerate(seq):
+            keep = keep_mask(z, eps, excluded=chosen if stage else None)  # (T, E)
+            q = masked_softmax(z, keep)[:, expert]  # (T,) stage probability, 0 if masked
             prob = prob * q
             y = y + q[:, None] * problem.outputs[:, expert]
-            used = used + p[:, expert]
+            chosen[:, expert] = True
         total = total + (prob * token_loss(problem, y)).sum()
     (grad,) = torch.autograd.grad(total, weight)
     return grad
@@ -109,7 +118,7 @@ def combine(routing: Routing, outputs: Tensor, defaults: Tensor) -> Tensor:
 def sample_gradients(problem: Problem, est, samples: int, generator: torch.Generator | None = None) -> Tensor:
     """Per-sample router-weight gradients of one estimator: (samples, E, d) float64."""
     T = problem.x.shape[0]
-    logits = (problem.x @ problem.weight.T).float().repeat(samples, 1).requires_grad_(True)  # (M*T, E)
+    logits = (problem.x @ problem.weight.T + problem.offset).float().repeat(samples, 1).requires_grad_(True)
     routing = est(logits, k=problem.k, training=True, generator=generator)
     outputs = problem.outputs.repeat(samples, 1, 1)  # (M*T, E, d_out)
     defaults = problem.outputs.mean(0)  # (E, d_out): the fixed point of Default MoE's EMA on fixed experts
@@ -123,7 +132,7 @@ def time_call(problem: Problem, est, repeats: int = 20) -> float:
     """Median milliseconds of one forward+backward estimator call on the problem's T tokens."""
     times = []
     for _ in range(repeats):
-        logits = (problem.x @ problem.weight.T).float().requires_grad_(True)
+        logits = (problem.x @ problem.weight.T + problem.offset).float().requires_grad_(True)
         start = time.perf_counter()
         routing = est(logits, k=problem.k, training=True)
         y = combine(routing, problem.outputs.float(), problem.outputs.float().mean(0))
@@ -148,15 +157,17 @@ def fidelity(problem: Problem, name: str, est, exact: Tensor, samples: int, seed
 
 
 def study(experts: int = 4, k: int = 1, tokens: int = 32, samples: int = 4000, loss: str = "quadratic",
-          jitter_eps: float | None = None, seed: int = 0, names: list[str] | None = None) -> dict:
+          jitter_eps: float | None = None, seed: int = 0, names: list[str] | None = None,
+          reference_eps: float | None = None, offset: float = 0.0) -> dict:
     """Every estimator that supports top-k against the exact gradient. Returns a JSON-ready dict.
 
     jitter_eps, when given, overrides the mask band of the SparseMixer family only (topk's jitter stays off).
+    reference_eps: the exact reference is the masked-sampling model with this band (None: plain softmax sampling).
     """
     if samples < 2:
         raise ValueError(f"--samples must be >= 2; got {samples}")
-    problem = make_problem(experts, k, tokens, loss, seed=seed)
-    exact = exact_gradient(problem)
+    problem = make_problem(experts, k, tokens, loss, seed=seed, offset=offset)
+    exact = exact_gradient(problem, reference_eps)
     rows, skipped = [], {}
     for name in names or estimators.names():
         options = {}
@@ -169,5 +180,6 @@ def study(experts: int = 4, k: int = 1, tokens: int = 32, samples: int = 4000, l
             skipped[name] = str(e)
             continue
         rows.append(fidelity(problem, name, est, exact, samples, seed))
-    settings = dict(experts=experts, k=k, tokens=tokens, samples=samples, loss=loss, jitter_eps=jitter_eps, seed=seed)
+    settings = dict(experts=experts, k=k, tokens=tokens, samples=samples, loss=loss, jitter_eps=jitter_eps, seed=seed,
+                    reference_eps=reference_eps, logit_offset=offset)
     return {"settings": settings, "rows": [asdict(r) for r in rows], "skipped": skipped}

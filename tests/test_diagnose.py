@@ -48,3 +48,16 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
     assert run(["diagnose", "gradients", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "Traceback" not in err
+
+
+def test_masked_reference_makes_sparsemixer_unbiased_for_linear_loss():
+    """Against its own masked forward, the Euler rule is again exact for a linear loss."""
+    r = study(experts=4, k=1, tokens=16, samples=20000, loss="linear", reference_eps=0.1, offset=10.0,
+              names=["sparsemixer_1st"])
+    row = r["rows"][0]
+    assert row["rel_bias"] < 5 * row["noise_floor"] and row["cosine"] > 0.99
+
+
+def test_reference_eps_none_equals_huge_band():
+    p = make_problem(experts=3, k=2, tokens=4, loss="mlp")
+    torch.testing.assert_close(exact_gradient(p), exact_gradient(p, reference_eps=1e9))

@@ -24,6 +24,10 @@ def gradients(
     samples: int = typer.Option(4000, "--samples", help="Monte-Carlo samples M per estimator"),
     loss: str = typer.Option("quadratic", "--loss", help="per-token loss: linear | quadratic | mlp"),
     jitter_eps: Optional[float] = typer.Option(None, "--jitter-eps", help="override the SparseMixer mask band"),
+    reference_eps: Optional[float] = typer.Option(
+        None, "--reference-eps", help="exact reference = masked-sampling model with this band (default: plain softmax)"),
+    logit_offset: float = typer.Option(
+        0.0, "--logit-offset", help="add to every logit (softmax-invariant; moves the SparseMixer mask)"),
     seed: int = typer.Option(0, "--seed"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="also write the numbers to this JSON file"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing --json file"),
@@ -33,12 +37,13 @@ def gradients(
         raise UserError(f"--json {json_file}: file exists; pass --force to overwrite it")
     if json_file is not None and not json_file.parent.is_dir():
         raise UserError(f"--json {json_file}: directory {json_file.parent} does not exist")
-    result = diag.study(experts, k, tokens, samples, loss, jitter_eps, seed)
+    result = diag.study(experts, k, tokens, samples, loss, jitter_eps, seed, reference_eps=reference_eps, offset=logit_offset)
     console = Console()
     s = result["settings"]
     eps = "reference defaults" if jitter_eps is None else f"{jitter_eps:g}"
     table = Table(title=f"Router gradient fidelity: E={experts} k={k} T={tokens} M={samples} loss={loss} "
-                        f"jitter_eps={eps} seed={s['seed']}")
+                        f"jitter_eps={eps} reference="
+                        f"{'softmax' if reference_eps is None else f'masked eps={reference_eps:g}'} offset={logit_offset:g} seed={s['seed']}")
     for col in ("estimator", "cosine to exact", "rel. bias", "rel. std", "MC noise floor", "ms / call"):
         table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=col == "estimator")
     for r in result["rows"]:
