@@ -1,0 +1,56 @@
+"""The fairseq-side half of the engine quirks (the launcher half, fairseq-free, is smx/fairseq_plugin/env.py).
+
+- torch >= 2.6 weights_only: fairseq's checkpoint_utils calls torch.load without weights_only, which now defaults to
+  True and cannot unpickle fairseq checkpoints (argparse.Namespace / omegaconf configs, meters). smx runs the engine
+  with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (env.ENGINE_ENV); warn_if_weights_only_load() says so at plugin import
+  when the variable is missing, before a resume or a generate run fails deep inside torch.
+- --required-batch-size-multiple: see env.EVAL_ARGS.
+- MoE layers keep per-forward state that activation checkpointing (which re-runs the forward) would break, and
+  --scale-fc puts a LayerNorm inside the FFN that an MoE layer replaces: refuse_unsupported() rejects those options
+  with a one-line error. Layers are not FSDP-wrapped individually (fully_sharded wraps the whole model).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from smx.fairseq_plugin.env import ENGINE_ENV
+
+logger = logging.getLogger(__name__)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def weights_only_load_is_default() -> bool:
+    """True when this torch's torch.load defaults to weights_only=True (torch >= 2.6)."""
+    return _torch_version() >= (2, 6)
+
+
+def weights_only_env_ok(environ: dict[str, str] | None = None) -> bool:
+    """True when fairseq checkpoints will load in this process."""
+    environ = os.environ if environ is None else environ
+    if not weights_only_load_is_default():
+        return True
+    return all(environ.get(k, "").lower() in ("1", "y", "yes", "true") for k in ENGINE_ENV)
+
+
+def warn_if_weights_only_load() -> None:
+    if not weights_only_env_ok():
+        logger.warning(
+            "torch %s loads checkpoints with weights_only=True: resuming and generation will fail to read fairseq "
+            "checkpoints; run the engine with %s (smx does this for its own runs)",
+            torch.__version__, " ".join(f"{k}={v}" for k, v in ENGINE_ENV.items()),
+        )
+
+
+def refuse_unsupported(cfg) -> None:
+    """Raise ValueError for fairseq options the MoE layers do not support. cfg: TransformerConfig or namespace."""
+    for key in ("checkpoint_activations", "offload_activations", "scale_fc"):
+        if getattr(cfg, key, False):
+            raise ValueError(f"--{key.replace('_', '-')} is not supported with smx MoE models")

@@ -1,0 +1,44 @@
+"""What a launcher needs to run the fairseq engine with this plugin. Imports neither fairseq nor torch.
+
+    from smx.fairseq_plugin import env
+    argv = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", str(env.user_dir()), ...]
+    subprocess.run(argv, env={**os.environ, **env.engine_env()})
+    # evaluation / generation: append env.EVAL_ARGS
+
+Engine quirks and how they are handled (the fairseq-side half lives in smx/fairseq_plugin/engine.py):
+- torch >= 2.6 loads checkpoints with weights_only=True by default; fairseq checkpoints pickle argparse/omegaconf
+  objects and meters, so resuming and generation fail. The engine runs with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+  (engine_env()); use it only for checkpoints smx wrote itself (unpickling runs code).
+- fairseq drops the last batch of an epoch when it is smaller than --required-batch-size-multiple (default 8), so
+  evaluation/generation would silently skip sentences: always pass EVAL_ARGS there.
+- fairseq imports --user-dir as a top-level module named after the directory (`fairseq_plugin`); the package's
+  __init__.py routes that import to smx.fairseq_plugin so the models are registered exactly once (see there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Environment additions for every engine process (train, validate, generate, eval-lm).
+ENGINE_ENV: dict[str, str] = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+
+# Extra argv for fairseq_cli.generate / validate / eval_lm: keep the last, partial batch.
+EVAL_ARGS: tuple[str, ...] = ("--required-batch-size-multiple", "1")
+
+# Names the plugin registers (for validating recipes without importing fairseq).
+TRANSLATION_MODEL = "smx_switch_transformer"
+LM_MODEL = "smx_switch_lm"
+TRANSLATION_ARCHS: tuple[str, ...] = tuple(f"{TRANSLATION_MODEL}_{size}" for size in ("tiny", "small", "base", "big"))
+LM_ARCHS: tuple[str, ...] = tuple(f"{LM_MODEL}_{size}" for size in ("tiny", "small", "base"))
+TRANSLATION_CRITERION = "smx_moe_label_smoothed_cross_entropy"
+LM_CRITERION = "smx_moe_cross_entropy"
+
+
+def engine_env() -> dict[str, str]:
+    """The environment variables to add to os.environ for an engine subprocess (a fresh dict)."""
+    return dict(ENGINE_ENV)
+
+
+def user_dir() -> Path:
+    """The directory to pass as fairseq's --user-dir (this package's directory)."""
+    return Path(__file__).resolve().parent

@@ -1,0 +1,7 @@
+"""Importing this module registers the plugin's models, architectures and criteria with fairseq (once: Python's
+module cache). fairseq reaches it through the --user-dir import (see __init__.py); tests may import it directly."""
+
+from smx.fairseq_plugin import criteria, lm, translation  # noqa: F401  (register_* decorators run on import)
+from smx.fairseq_plugin.engine import warn_if_weights_only_load
+
+warn_if_weights_only_load()

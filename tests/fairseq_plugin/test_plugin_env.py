@@ -1,0 +1,90 @@
+"""env.py (fairseq-free), engine quirks, and exactly-once registration whatever the import path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import smx
+from smx.fairseq_plugin import env
+
+
+def _python(*parts: str) -> str:
+    code = "\n".join(textwrap.dedent(part) for part in parts)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_env_constants():
+    assert env.engine_env() == {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    env.engine_env()["X"] = "1"  # a fresh dict each time
+    assert "X" not in env.engine_env()
+    assert list(env.EVAL_ARGS) == ["--required-batch-size-multiple", "1"]
+    assert env.user_dir() == Path(smx.__file__).resolve().parent / "fairseq_plugin"
+    assert (env.user_dir() / "__init__.py").is_file()
+    assert not (env.user_dir() / "models").exists()  # fairseq would import a models/ dir a second time
+    assert env.TRANSLATION_ARCHS == tuple(f"smx_switch_transformer_{s}" for s in ("tiny", "small", "base", "big"))
+    assert env.LM_ARCHS == ("smx_switch_lm_tiny", "smx_switch_lm_small", "smx_switch_lm_base")
+
+
+def test_env_imports_neither_fairseq_nor_torch():
+    out = _python("""
+        import sys
+        import smx.fairseq_plugin.env as env
+        env.engine_env(); env.user_dir()
+        print(sorted(m for m in ("fairseq", "torch", "smx.moe") if m in sys.modules))
+    """)
+    assert out.strip() == "[]"
+
+
+def test_weights_only_check():
+    from smx.fairseq_plugin import engine
+
+    assert engine.weights_only_env_ok({"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    if engine.weights_only_load_is_default():  # torch >= 2.6 (the pinned torch is)
+        assert not engine.weights_only_env_ok({})
+
+
+CHECK = """
+    from fairseq.criterions import CRITERION_REGISTRY
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+    import smx.fairseq_plugin.criteria as c, smx.fairseq_plugin.lm as l, smx.fairseq_plugin.translation as t
+    assert MODEL_REGISTRY["smx_switch_transformer"] is t.SmxSwitchTransformerModel
+    assert MODEL_REGISTRY["smx_switch_lm"] is l.SmxSwitchLanguageModel
+    assert ARCH_MODEL_REGISTRY["smx_switch_transformer_base"] is t.SmxSwitchTransformerModel
+    assert CRITERION_REGISTRY["smx_moe_cross_entropy"] is c.SmxMoECrossEntropy
+    assert CRITERION_REGISTRY["smx_moe_label_smoothed_cross_entropy"] is c.SmxMoELabelSmoothedCrossEntropy
+    assert "fairseq_plugin" in sys.modules
+    import os
+    smx_dir = os.path.dirname(os.path.realpath(smx.__file__))
+    assert all(os.path.realpath(p) != smx_dir for p in sys.path if p), "user-dir parent left on sys.path"
+    print("ok")
+"""
+
+
+def test_register_once_user_dir_first():
+    """fairseq's --user-dir import (twice, as fairseq does), then the sub-package: one registration, no error."""
+    out = _python("""
+        import argparse, importlib, sys
+        from fairseq import utils
+        from smx.fairseq_plugin.env import user_dir
+        utils.import_user_module(argparse.Namespace(user_dir=str(user_dir())))
+        utils.import_user_module(argparse.Namespace(user_dir=str(user_dir()) + "/"))
+        import smx, smx.fairseq_plugin.register
+        importlib.import_module("fairseq_plugin")
+    """, CHECK)
+    assert out.strip().endswith("ok")
+
+
+def test_register_once_package_first():
+    out = _python("""
+        import argparse, sys
+        import smx, smx.fairseq_plugin.register, smx.fairseq_plugin.translation
+        from fairseq import utils
+        from smx.fairseq_plugin.env import user_dir
+        utils.import_user_module(argparse.Namespace(user_dir=str(user_dir())))
+    """, CHECK)
+    assert out.strip().endswith("ok")
