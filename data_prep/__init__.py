@@ -1,0 +1,144 @@
+"""Dataset preparation for smx: download or read sources, Moses tokenization, joint BPE, fairseq binarization.
+
+API (what the train code calls):
+    names() -> list[str]
+    info(name) -> DatasetInfo(name, task, src_lang, tgt_lang, offline, description)
+    prepare(name, root=Path("data"), source=None, bpe_merges=None, workers=1, progress=True, *, options=None) -> Path
+    is_prepared(name, root=Path("data")) -> bool
+    bin_dir(name, root=Path("data")) -> Path
+    verify(name, root=Path("data")) -> list[str]   (problems found by re-hashing every recorded output)
+    manifest(name, root=Path("data")) -> dict | None
+
+Everything lands in root/<name>/ (raw/, tok/, bpe/, bin/, logs/, manifest.json). Each step is skipped when the
+manifest shows it done with the same settings and inputs, and redone if it was interrupted; manifest "complete" is
+set only at the very end. Downloads and unpacked packages are cached in $SMX_DATA_CACHE or root/.cache.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
+from smx.errors import UserError
+
+from data_prep import manifest as _manifest
+from data_prep import pipeline
+from data_prep.fetch import parse_source
+from data_prep.files import digest
+from data_prep.progress import Reporter
+from data_prep.registry import REGISTRY, get
+from data_prep.runner import Prep, locked
+from data_prep.spec import SPLITS, DatasetInfo
+
+__all__ = ["DatasetInfo", "bin_dir", "info", "is_prepared", "manifest", "names", "prepare", "verify"]
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def info(name: str) -> DatasetInfo:
+    return get(name).info
+
+
+def bin_dir(name: str, root: Path | str = Path("data")) -> Path:
+    get(name)
+    return Path(root) / name / "bin"
+
+
+def manifest(name: str, root: Path | str = Path("data")) -> dict | None:
+    get(name)
+    return _manifest.read(Path(root) / name)
+
+
+def is_prepared(name: str, root: Path | str = Path("data")) -> bool:
+    """True only if the manifest says complete and every binarized file is present with its recorded size."""
+    data = manifest(name, root)
+    if not data or data.get("complete") is not True:
+        return False
+    rec = data.get("steps", {}).get("binarize")
+    if not rec or not rec.get("outputs"):
+        return False
+    base = Path(root) / name
+    for rel, entry in rec["outputs"].items():
+        p = base / rel
+        if not p.is_file() or p.stat().st_size != entry.get("bytes"):
+            return False
+    return True
+
+
+def verify(name: str, root: Path | str = Path("data")) -> list[str]:
+    """Re-hash every output recorded in the manifest; returns one line per problem (empty: all good)."""
+    data = manifest(name, root)
+    base = Path(root) / name
+    if data is None:
+        return [f"{base / 'manifest.json'}: missing or unreadable"]
+    problems = [] if data.get("complete") else [f"{base}: prep not complete"]
+    for step, rec in data.get("steps", {}).items():
+        for rel, entry in rec.get("outputs", {}).items():
+            p = base / rel
+            if not p.is_file():
+                problems.append(f"{p}: missing (step {step})")
+            elif digest(p).sha256 != entry["sha256"]:
+                problems.append(f"{p}: sha256 differs from the manifest (step {step})")
+    return problems
+
+
+def cache_dir(root: Path | str) -> Path:
+    env = os.environ.get("SMX_DATA_CACHE")
+    return Path(env) if env else Path(root) / ".cache"
+
+
+def prepare(name: str, root: Path | str = Path("data"), source: str | Path | None = None,
+            bpe_merges: int | None = None, workers: int = 1, progress: bool = True, *,
+            options: dict | None = None) -> Path:
+    """Prepare dataset `name` into root/name (resumable, idempotent) and return that directory."""
+    spec = get(name)
+    if bpe_merges is not None and (isinstance(bpe_merges, bool) or not isinstance(bpe_merges, int)
+                                   or bpe_merges < 0):
+        raise UserError(f"--bpe-merges: expected an integer >= 0, got {bpe_merges!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers: expected an integer >= 1, got {workers!r}")
+    config = spec.make_config(options)
+    if source is not None and not spec.takes_source:
+        raise UserError(f"--source: {name} is generated and takes no source")
+    src = parse_source(source)
+    merges = spec.default_bpe_merges if bpe_merges is None else bpe_merges
+    root_dir = Path(root) / name
+    root_dir.mkdir(parents=True, exist_ok=True)
+    with locked(root_dir), Reporter(progress) as reporter:
+        man = _manifest.Manifest.load(root_dir)
+        before = man.snapshot()
+        prep = Prep(name, root_dir, man, reporter, workers, cache_dir(root))
+        spec.build_raw(prep, src, config)
+        pipeline.run(prep, spec, merges)
+        pipeline.drop_stale(prep, set(prep.planned))
+        man.data.update(_header(spec, merges, config, src))
+        man.data["summary"] = pipeline.summary(prep, spec)
+        man.data["complete"] = True
+        if man.data != before or not man.path.exists():
+            man.save()
+        reporter.note(f"{name}: {'prepared' if prep.ran else 'already prepared'} in {root_dir}")
+    return root_dir
+
+
+def _header(spec, merges: int, config, src) -> dict:
+    info_ = spec.info
+    text = {f"{split}.{lang}": spec.text(split, lang).as_json() for split in SPLITS for lang in info_.langs}
+    return {
+        "name": info_.name, "task": info_.task, "src_lang": info_.src_lang, "tgt_lang": info_.tgt_lang,
+        "description": info_.description,
+        "settings": {
+            "bpe_merges": merges,
+            "options": asdict(config) if config is not None else {},
+            "source": src.value if src else None,
+            "text": text,
+            "clean_train": asdict(spec.clean) if spec.clean and info_.tgt_lang else None,
+            "bpe_glossaries": list(spec.bpe_glossaries),
+            "versions": {"python": platform.python_version(), "sacremoses": version("sacremoses"),
+                         "subword-nmt": version("subword-nmt")},
+        },
+    }
