@@ -1,0 +1,80 @@
+"""`smx train RECIPE [--set a.b=v] [--estimator NAME] [--seed N] [--runs-root DIR | --run-dir DIR] [--resume RUN]
+[--nproc-per-node N --nnodes N --node-rank R --master-addr A --master-port P] [--device auto|cpu|cuda]`."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+EXIT = {"done": 0, "failed": 1, "interrupted": 130}
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _command_line(params: dict) -> list[str]:
+    """The smx command as typed: sys.argv when run as `smx`, else rebuilt from the parsed parameters (tests)."""
+    if sys.argv and Path(sys.argv[0]).name == "smx":
+        return ["smx", *sys.argv[1:]]
+    out = ["smx", "train"] + ([str(params["recipe"])] if params.get("recipe") else [])
+    defaults = {"runs_root": Path("runs"), "nproc_per_node": 1, "nnodes": 1, "node_rank": 0,
+                "master_addr": "127.0.0.1", "no_progress": False}
+    for name, value in params.items():
+        if name == "recipe" or value is None or value == [] or defaults.get(name, object()) == value:
+            continue
+        flag = "--" + name.rstrip("_").replace("_", "-")
+        if value is True:
+            out.append(flag)
+        else:
+            for v in value if isinstance(value, list) else [value]:
+                out += [flag, str(v.value if isinstance(v, Enum) else v)]
+    return out
+
+
+def train(
+    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (optional with --resume)"),
+    set_: List[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable), e.g. --set optim.lr=1e-4"),
+    estimator: Optional[str] = typer.Option(
+        None, "--estimator", help="router estimator; recipe options it does not take are dropped (with a note)"
+    ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (same as --set seed=N)"),
+    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="runs go to DIR/<name>-<estimator>-s<seed>"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="exact run directory (must not exist)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue RUN from checkpoints/checkpoint_last.pt"),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="engine processes on this node (torchrun)"),
+    nnodes: int = typer.Option(1, "--nnodes", help="number of nodes"),
+    node_rank: int = typer.Option(0, "--node-rank", help="this node's rank (0 keeps the run directory)"),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="address of the node-rank-0 machine"),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="rendezvous port (default: a free one)"),
+    device: Optional[Device] = typer.Option(None, "--device", help="overrides train.device", case_sensitive=False),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+) -> int:
+    """Train a Switch Transformer MoE per RECIPE into a new run directory (or resume one)."""
+    argv = _command_line(dict(locals()))  # first: only the parameters are local yet
+    from smx.launch import Distributed
+    from smx.training import TrainRequest, run
+
+    dist = Distributed(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    req = TrainRequest(
+        recipe_path=recipe, overrides=tuple(set_), estimator=estimator, seed=seed, runs_root=runs_root,
+        run_dir=run_dir, resume=resume, device=device.value if device else None, dist=dist,
+        progress=not no_progress, argv=tuple(argv),
+    )
+    status = run(req, console=Console(stderr=True, soft_wrap=True))
+    code = EXIT[status]
+    if code:
+        raise typer.Exit(code=code)
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add `smx train` to the smx app."""
+    app.command(name="train")(train)

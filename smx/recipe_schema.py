@@ -1,0 +1,222 @@
+"""The recipe schema: one frozen dataclass per YAML section (DESIGN.md section 7).
+
+Each section's __post_init__ raises ValueError listing every problem of that section, one `key: message` per line
+(keys relative to the section). smx.recipes adds the section prefix, collects problems across sections, checks the
+cross-section rules, and raises one UserError. Field types are checked by smx.recipe_io.coerce before construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ARCHS = ("tiny", "small", "base", "big")
+LM_ARCHS = ("tiny", "small", "base")
+# Layers per encoder/decoder of the plugin's architectures (smx/fairseq_plugin/translation.py, lm.py), used to check
+# moe.*_layers before a run starts; model.encoder_layers / decoder_layers override them.
+ARCH_LAYERS: dict[str, dict[str, int]] = {
+    "translation": {"tiny": 2, "small": 6, "base": 6, "big": 6},
+    "language_modeling": {"tiny": 2, "small": 6, "base": 12},
+}
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def _fraction(problems: list[str], key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        problems.append(f"{key}: {value} must be in [0, 1)")
+
+
+def _positive(problems: list[str], key: str, value: float | int, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        problems.append(f"{key}: {value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str  # a data_prep dataset name (`smx data list`)
+    root: str = "data"  # prepared datasets live in <root>/<dataset>/bin
+    dir: str | None = None  # binarized directory to use instead of <root>/<dataset>/bin
+    source_lang: str | None = None  # translation; None = the dataset's own
+    target_lang: str | None = None
+    tokens_per_sample: int = 512  # language modeling: block length
+    sample_break_mode: Literal["none", "complete", "complete_doc", "eos"] = "none"  # language modeling
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        if not self.dataset:
+            p.append("dataset: must not be empty")
+        _positive(p, "tokens_per_sample", self.tokens_per_sample)
+        _raise(p)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["tiny", "small", "base", "big"] = "base"  # smx_switch_transformer_<arch> / smx_switch_lm_<arch>
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation_fn: Literal["relu", "gelu"] = "relu"
+    share_all_embeddings: bool = True  # translation: one joined embedding; LM: tie input and output embeddings
+    # Optional size overrides; null = the arch's own value.
+    embed_dim: int | None = None
+    ffn_dim: int | None = None
+    attention_heads: int | None = None
+    encoder_layers: int | None = None  # number of layers (moe.encoder_layers lists which of them are MoE)
+    decoder_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        for key in ("dropout", "attention_dropout", "activation_dropout"):
+            _fraction(p, key, getattr(self, key))
+        for key in ("embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"):
+            value = getattr(self, key)
+            if value is not None:
+                _positive(p, key, value)
+        if self.embed_dim and self.attention_heads and self.embed_dim % self.attention_heads:
+            p.append(f"embed_dim: {self.embed_dim} is not divisible by attention_heads={self.attention_heads}")
+        _raise(p)
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    num_experts: int = 4
+    k: int = 1
+    encoder_layers: tuple[int, ...] = (0, 2, 4)  # indices of the encoder layers whose FFN is an MoE
+    decoder_layers: tuple[int, ...] = (0, 2, 4)
+    capacity_factor: float | None = None  # null = dropless
+    eval_capacity_factor: float | None = None  # null = dropless at evaluation
+    drop_policy: Literal["position", "probability"] = "position"
+    output_scale: bool = False  # SparseMixer's learnable output scale omega (estimator-independent switch)
+    router_bias: bool = False
+    input_jitter: float = 0.0  # multiplicative router-input jitter U(1-eps, 1+eps), training only
+    balance_weight: float = 0.01  # loss += balance_weight * load-balance loss
+    zloss_weight: float = 0.0  # loss += zloss_weight * router z-loss
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        if self.num_experts < 1:
+            p.append(f"num_experts: {self.num_experts} must be >= 1")
+        if self.k < 1:
+            p.append(f"k: {self.k} must be >= 1")
+        elif self.num_experts >= 1 and self.k > self.num_experts:
+            p.append(f"k: {self.k} > moe.num_experts={self.num_experts}")
+        for key in ("encoder_layers", "decoder_layers"):
+            layers = getattr(self, key)
+            if any(i < 0 for i in layers):
+                p.append(f"{key}: layer indices must be >= 0, got {list(layers)}")
+            if len(set(layers)) != len(layers):
+                p.append(f"{key}: repeated layer index in {list(layers)}")
+        for key in ("capacity_factor", "eval_capacity_factor"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                p.append(f"{key}: {value} must be > 0 (or null for dropless)")
+        _fraction(p, "input_jitter", self.input_jitter)
+        _positive(p, "balance_weight", self.balance_weight, allow_zero=True)
+        _positive(p, "zloss_weight", self.zloss_weight, allow_zero=True)
+        _raise(p)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    estimator: str = "sparsemixer"  # smx.estimators.names()
+    options: dict = field(default_factory=dict)  # the estimator's options, e.g. {jitter_eps: 0.1}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: Literal["adam"] = "adam"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0  # 0 = no clipping
+    scheduler: Literal["inverse_sqrt", "fixed"] = "inverse_sqrt"
+    warmup_updates: int = 4000
+    warmup_init_lr: float = 1e-7  # inverse_sqrt only
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _positive(p, "lr", self.lr)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            p.append(f"betas: {list(self.betas)} must be in [0, 1)")
+        _positive(p, "adam_eps", self.adam_eps)
+        _positive(p, "weight_decay", self.weight_decay, allow_zero=True)
+        _positive(p, "clip_norm", self.clip_norm, allow_zero=True)
+        _positive(p, "warmup_updates", self.warmup_updates, allow_zero=True)
+        _positive(p, "warmup_init_lr", self.warmup_init_lr, allow_zero=True)
+        if self.scheduler == "inverse_sqrt" and self.lr > 0 and self.warmup_init_lr > self.lr:
+            p.append(f"warmup_init_lr: {self.warmup_init_lr} > optim.lr={self.lr}")
+        _raise(p)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_tokens: int = 4096  # tokens per batch per process
+    batch_size: int | None = None  # sentences per batch; null = limited by max_tokens only
+    update_freq: int = 1  # batches accumulated per update (tokens/update = max_tokens * update_freq * processes)
+    max_update: int = 0  # 0 = no limit (then max_epoch must be set)
+    max_epoch: int = 0  # 0 = no limit
+    label_smoothing: float = 0.1  # translation only
+    log_interval: int = 100
+    validate_interval: int = 1  # epochs
+    validate_interval_updates: int = 0  # 0 = only at epoch ends
+    save_interval_updates: int = 0  # 0 = only at epoch ends
+    keep_last: int = 1  # interval checkpoints kept (checkpoint_last.pt and checkpoint_best.pt are always kept)
+    fp16: bool | Literal["auto"] = "auto"  # auto = on GPU only
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = 1
+    cpu_threads: int = 1  # torch threads per engine process on CPU (OMP_NUM_THREADS); 0 = torch's default
+    best_checkpoint_metric: Literal["loss", "nll_loss", "ppl"] = "loss"
+    # Several processes: experts are replicated (data parallel). legacy_ddp all-reduces every gradient, so an expert
+    # that got no token on one rank is fine; pytorch_ddp then needs --find-unused-parameters (passed automatically).
+    ddp_backend: Literal["legacy_ddp", "pytorch_ddp", "no_c10d"] = "legacy_ddp"
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _positive(p, "max_tokens", self.max_tokens)
+        if self.batch_size is not None:
+            _positive(p, "batch_size", self.batch_size)
+        _positive(p, "update_freq", self.update_freq)
+        _positive(p, "max_update", self.max_update, allow_zero=True)
+        _positive(p, "max_epoch", self.max_epoch, allow_zero=True)
+        if self.max_update == 0 and self.max_epoch == 0:
+            p.append("max_update: set train.max_update or train.max_epoch (both 0: the run would never stop)")
+        _fraction(p, "label_smoothing", self.label_smoothing)
+        _positive(p, "log_interval", self.log_interval)
+        _positive(p, "validate_interval", self.validate_interval)
+        for key in ("validate_interval_updates", "save_interval_updates", "num_workers", "cpu_threads"):
+            _positive(p, key, getattr(self, key), allow_zero=True)
+        _positive(p, "keep_last", self.keep_last)
+        if self.fp16 is True and self.device == "cpu":
+            p.append("fp16: true needs a GPU but train.device is cpu (use fp16: auto)")
+        _raise(p)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    beam: int = 4
+    lenpen: float = 0.6
+    subset: Literal["test", "valid"] = "test"
+    max_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _positive(p, "beam", self.beam)
+        _positive(p, "lenpen", self.lenpen, allow_zero=True)
+        _positive(p, "max_tokens", self.max_tokens)
+        _raise(p)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "moe": MoEConfig,
+    "router": RouterConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}

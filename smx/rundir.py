@@ -1,0 +1,296 @@
+"""Run directories (DESIGN.md section 6): create, resume, lock, snapshot, checkpoint hashes.
+
+    runs/<name>-<estimator>-s<seed>/
+      recipe.yaml  recipe.orig.yaml  meta.json  fairseq_argv.txt  metrics.jsonl  train.log
+      tb/  checkpoints/{checkpoint_last.pt, checkpoint_best.pt, SHA256SUMS}  eval/  run.lock (while training)
+
+A run directory is never overwritten: create() refuses an existing path, resume() needs checkpoints/checkpoint_last.pt,
+and a lock (pid + host) refuses a second writer; a lock left by a dead process on this host is taken over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from smx.errors import UserError
+from smx.recipes import Recipe, dump
+
+LOCK_NAME = "run.lock"
+SUMS_NAME = "SHA256SUMS"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    recipe = property(lambda self: self.path / "recipe.yaml")
+    recipe_orig = property(lambda self: self.path / "recipe.orig.yaml")
+    meta = property(lambda self: self.path / "meta.json")
+    argv = property(lambda self: self.path / "fairseq_argv.txt")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    log = property(lambda self: self.path / "train.log")
+    tb = property(lambda self: self.path / "tb")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    eval = property(lambda self: self.path / "eval")
+    lock = property(lambda self: self.path / LOCK_NAME)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "checkpoint_last.pt"
+
+
+def run_name(recipe: Recipe) -> str:
+    """`<recipe name>-<estimator>-s<seed>`."""
+    return f"{recipe.name}-{recipe.router.estimator}-s{recipe.seed}"
+
+
+def default_path(recipe: Recipe, runs_root: str | Path = "runs") -> Path:
+    return Path(runs_root) / run_name(recipe)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- create / resume
+
+
+def check_new(path: Path) -> None:
+    """Raise UserError when `path` exists (a run directory is never overwritten)."""
+    if path.exists() or path.is_symlink():
+        raise UserError(
+            f"run directory {path} already exists; resume it with --resume {path}, or choose another with "
+            "--run-dir DIR / --set seed=N"
+        )
+
+
+def create(path: str | Path) -> RunDir:
+    """Make a new, empty run directory (parents as needed); an existing path is an error, never reused."""
+    path = Path(path)
+    check_new(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:  # lost a race with another writer
+        raise UserError(f"run directory {path} already exists") from None
+    run = RunDir(path)
+    for sub in (run.checkpoints, run.tb, run.eval):
+        sub.mkdir()
+    return run
+
+
+def check_resume(path: str | Path) -> RunDir:
+    """The run directory to resume; raises UserError unless it has recipe.yaml and checkpoints/checkpoint_last.pt."""
+    run = RunDir(Path(path))
+    if not run.path.is_dir():
+        raise UserError(f"--resume {path}: no such run directory")
+    if not run.recipe.is_file():
+        raise UserError(f"--resume {path}: not a run directory (no recipe.yaml)")
+    if not run.last_checkpoint.is_file():
+        raise UserError(f"--resume {path}: nothing to resume from (no checkpoints/checkpoint_last.pt)")
+    return run
+
+
+# ---------------------------------------------------------------- lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lock:
+    """An exclusive lock file `run.lock` holding {"pid", "host", "since"}; use as a context manager."""
+
+    def __init__(self, path: Path, warn: Callable[[str], None] | None = None):
+        self.path = Path(path)
+        self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        self.held = False
+
+    def _try_create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, f)
+        return True
+
+    def acquire(self) -> "Lock":
+        for _ in range(3):
+            if self._try_create():
+                self.held = True
+                return self
+            try:
+                owner = json.loads(self.path.read_text())
+                pid, host = int(owner["pid"]), str(owner["host"])
+            except FileNotFoundError:
+                continue  # released meanwhile: retry
+            except (ValueError, KeyError, TypeError):
+                if time.time() - self.path.stat().st_mtime < 10:  # being written right now
+                    time.sleep(0.5)
+                    continue
+                pid, host = -1, socket.gethostname()
+            if host != socket.gethostname() or (pid > 0 and _alive(pid)):
+                raise UserError(
+                    f"{self.path.parent} is in use by pid {pid} on host {host} (lock {self.path}); if that process "
+                    "is gone, delete the lock file"
+                )
+            stale = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
+            try:
+                os.rename(self.path, stale)  # atomic: only one taker wins
+            except FileNotFoundError:
+                continue
+            stale.unlink(missing_ok=True)
+            self.warn(f"took over the stale lock of dead process {pid} on {host} ({self.path})")
+        raise UserError(f"could not lock {self.path.parent}: another process keeps taking the lock")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "Lock":
+        return self.acquire() if not self.held else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------- snapshot / meta
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    import smx
+
+    return {
+        "smx": smx.__version__,
+        "torch": _version("torch"),
+        "fairseq": _version("fairseq-fixed") or _version("fairseq"),
+        "python": platform.python_version(),
+    }
+
+
+def git_sha(where: Path | None = None) -> str | None:
+    """HEAD of the git checkout smx runs from (None outside git or before the first commit); `+dirty` if modified."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def read_meta(run: RunDir) -> dict:
+    try:
+        return json.loads(run.meta.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_meta(run: RunDir, meta: dict) -> None:
+    """Atomic replace of meta.json."""
+    tmp = run.meta.with_name("meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, run.meta)
+
+
+def update_meta(run: RunDir, **changes: Any) -> dict:
+    meta = read_meta(run)
+    meta.update(changes)
+    write_meta(run, meta)
+    return meta
+
+
+def snapshot(run: RunDir, recipe: Recipe, orig_text: str | None, argv: Sequence[str], resumed: bool = False,
+             extra: dict | None = None) -> dict:
+    """Write recipe.yaml (resolved), recipe.orig.yaml (first time only) and meta.json (status running)."""
+    run.recipe.write_text(dump(recipe))
+    if orig_text is not None and not run.recipe_orig.exists():
+        run.recipe_orig.write_text(orig_text)
+    meta = read_meta(run) if resumed else {}
+    started = now()
+    common = {
+        "status": "running", "versions": versions(), "git_sha": git_sha(), "host": socket.gethostname(),
+        "argv": list(argv), "end": None, **(extra or {}),
+    }
+    if resumed:
+        meta.setdefault("resumes", []).append({"start": started, "argv": list(argv)})
+        meta.update(common)
+    else:
+        meta = {
+            "name": run.path.name, "recipe": recipe.name, "task": recipe.task, "dataset": recipe.data.dataset,
+            "estimator": recipe.router.estimator, "seed": recipe.seed, "start": started, **common,
+        }
+    write_meta(run, meta)
+    return meta
+
+
+# ---------------------------------------------------------------- checkpoint hashes
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(checkpoints: Path) -> dict[str, str]:
+    """Hash every *.pt in `checkpoints` into SHA256SUMS (`sha256sum -c` format); returns {file name: hex}."""
+    sums: dict[str, str] = {}
+    for pt in sorted(checkpoints.glob("*.pt")):
+        try:
+            sums[pt.name] = sha256(pt)
+        except FileNotFoundError:  # removed by the engine meanwhile (an old interval checkpoint)
+            continue
+    tmp = checkpoints / (SUMS_NAME + ".tmp")
+    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    os.replace(tmp, checkpoints / SUMS_NAME)
+    return sums
+
+
+def verify_checksums(checkpoints: Path) -> list[str]:
+    """Problems (missing or mismatching files) against SHA256SUMS; [] when everything matches."""
+    sums_file = checkpoints / SUMS_NAME
+    if not sums_file.is_file():
+        return [f"{sums_file}: missing"]
+    problems = []
+    for line in sums_file.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        pt = checkpoints / name
+        if not pt.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256(pt) != digest:
+            problems.append(f"{name}: sha256 mismatch")
+    return problems

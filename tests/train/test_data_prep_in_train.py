@@ -1,0 +1,59 @@
+"""`smx train` prepares a missing dataset first (data_prep.prepare), or says which `smx data prep` to run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smx import recipes, training
+from smx.cli import run
+from smx.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def failing_prep(monkeypatch):
+    import data_prep
+
+    def prepare(name, root, **kwargs):
+        raise UserError(f"{name}: cannot reach the download server")
+
+    monkeypatch.setattr(data_prep, "is_prepared", lambda name, root: False)
+    monkeypatch.setattr(data_prep, "prepare", prepare)
+
+
+def test_unpreparable_dataset_names_the_command(failing_prep, tmp_path: Path):
+    recipe = recipes.load(REPO / "recipes/wmt14_switch.yaml", [f"data.root={tmp_path}"])
+    with pytest.raises(UserError) as info:
+        training.data_dir(recipe)
+    assert str(info.value) == (
+        f"dataset wmt14-en-de is not prepared under {tmp_path} and preparing it here failed (wmt14-en-de: cannot "
+        f"reach the download server); run: smx data prep wmt14-en-de --out {tmp_path} --source DIR_OR_URL")
+
+
+def test_unpreparable_dataset_cli_exit_2_no_run_dir(failing_prep, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run(["train", str(REPO / "recipes/tiny.yaml"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "run: smx data prep synthetic-mt" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_dir_override_used_as_is(tmp_path: Path):
+    recipe = recipes.load(REPO / "recipes/tiny.yaml", [f"data.dir={tmp_path}"])
+    assert training.data_dir(recipe) == tmp_path
+
+
+@pytest.mark.slow
+def test_train_prepares_missing_dataset(tmp_path: Path, capsys):
+    import data_prep
+
+    root = tmp_path / "fresh"
+    code = run(["train", str(REPO / "recipes/tiny.yaml"), "--run-dir", str(tmp_path / "run"), "--set",
+                f"data.root={root}", "--set", "train.max_update=5", "--set", "train.log_interval=1", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert data_prep.is_prepared("synthetic-mt", root)
+    assert "is not prepared under" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint_last.pt").is_file()
