@@ -1,0 +1,402 @@
+"""Compare runs: read run directories, aggregate seeds per estimator, steps-to-target speed-ups.
+
+Reads nothing but run-directory files (meta.json, recipe.yaml, metrics.jsonl, eval/*.json). Everything below
+`load_run` is a pure function of the loaded data. Statistical choices (also written into compare.md/compare.json):
+- intervals over seeds are two-sided 95% Student-t intervals, mean +- t_{0.975, n-1} * s / sqrt(n) (s: sample std,
+  ddof=1); with a single seed there is no interval;
+- updates-to-target, per seed: the first validated update whose metric is <= target (no interpolation unless asked:
+  then linear between the last validation point above the target and the first at or below it);
+- default target: the baseline's best mean curve value, min over updates of the mean over seeds (updates validated
+  by every baseline seed);
+- speed-up = mean updates-to-target of the baseline / mean updates-to-target of the estimator (> 1: faster), with a
+  95% percentile bootstrap interval (seeds resampled with replacement, independently per group, 10,000 resamples,
+  numpy default_rng(0)); only when every seed of both groups reached the target, else n/a.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from smx import metrics
+from smx.errors import UserError
+
+LEVEL = 0.95
+N_BOOT = 10_000
+BOOT_SEED = 0
+_METRIC = re.compile(r"^(train|valid)_(\w+)$")
+
+
+# ----------------------------------------------------------------------------------------------- statistics (pure)
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution function."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_ppf(q: float, df: float) -> float:
+    """Student-t quantile (bisection on t_cdf), 0 < q < 1."""
+    if not 0.0 < q < 1.0 or df <= 0:
+        raise ValueError(f"t_ppf needs 0 < q < 1 and df > 0, got q={q}, df={df}")
+    if q < 0.5:
+        return -t_ppf(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < q:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean over seeds with a two-sided t-interval (lo/hi None with fewer than 2 values)."""
+
+    mean: float
+    lo: float | None
+    hi: float | None
+    n: int
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
+
+
+def mean_ci(values, level: float = LEVEL) -> Interval | None:
+    """Mean and Student-t interval of `values`; None when empty."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return Interval(mean, None, None, len(xs))
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    half = t_ppf(0.5 + level / 2.0, len(xs) - 1) * sd / math.sqrt(len(xs))
+    return Interval(mean, mean - half, mean + half, len(xs))
+
+
+def steps_to_target(curve, target: float, interpolate: bool = False) -> float | None:
+    """First validated update with value <= target (curve: (step, value) sorted by step); None if never reached.
+
+    interpolate: linear interpolation between the previous validation point (above the target) and that one.
+    """
+    prev = None
+    for step, value in curve:
+        if value <= target:
+            if interpolate and prev is not None and prev[1] > value:
+                s0, v0 = prev
+                return s0 + (v0 - target) / (v0 - value) * (step - s0)
+            return float(step)
+        prev = (step, value)
+    return None
+
+
+def bootstrap_ratio_ci(num, den, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = BOOT_SEED):
+    """Percentile bootstrap interval of mean(num) / mean(den); each sample resampled with replacement on its own."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    rng = np.random.default_rng(seed)
+    ra = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)  # (n_boot,)
+    rb = b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)  # (n_boot,)
+    lo, hi = np.quantile(ra / rb, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def mean_curve(curves):
+    """(steps, mean, min, max) over seeds at the updates every seed validated (all updates if they share none)."""
+    sets = [dict(c) for c in curves if c]
+    if not sets:
+        return [], [], [], []
+    common = sorted(set.intersection(*(set(s) for s in sets)))
+    if len(common) < 2:
+        common = sorted(set.union(*(set(s) for s in sets)))
+    rows = [[s[k] for s in sets if k in s] for k in common]
+    return common, [sum(r) / len(r) for r in rows], [min(r) for r in rows], [max(r) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------------- run loading
+@dataclass(frozen=True)
+class RunData:
+    """What compare needs from one run directory."""
+
+    path: Path
+    name: str
+    task: str
+    dataset: str
+    estimator: str
+    seed: int | None
+    status: str
+    records: tuple = field(repr=False)  # metrics.jsonl entries by step (smx.metrics.read: no epoch-end averages)
+    bleu: dict | None = None
+    ppl: dict | None = None
+
+    def curve(self, metric: str) -> list[tuple[int, float]]:
+        """(update, value) for `metric` (e.g. valid_loss), sorted by update; the last record of an update wins."""
+        split, key = parse_metric(metric)
+        rows = [r for r in self.records if r.get("split") == split and isinstance(r.get(key), (int, float))]
+        main = [r for r in rows if r.get("subset") in (None, split)]  # the first validation subset only
+        points = {int(r["step"]): float(r[key]) for r in (main or rows)}
+        return sorted(points.items())
+
+    def wps(self) -> float | None:
+        vals = [float(r["wps"]) for r in self.records
+                if r.get("split") == "train" and isinstance(r.get("wps"), (int, float))]
+        return sum(vals) / len(vals) if vals else None
+
+    def wall(self) -> float | None:
+        vals = [float(r["wall"]) for r in self.records if isinstance(r.get("wall"), (int, float))]
+        return max(vals) if vals else None
+
+    def moe_load(self) -> dict[str, float]:
+        """The last logged moe_load_* values (the last train entry carrying them; any split if none)."""
+        for splits in (("train",), ("train", "valid")):
+            for r in reversed(self.records):
+                if r.get("split") in splits and any(k.startswith("moe_load_") for k in r):
+                    return {k: float(v) for k, v in r.items() if k.startswith("moe_load_")}
+        return {}
+
+
+def parse_metric(metric: str) -> tuple[str, str]:
+    m = _METRIC.match(metric)
+    if not m:
+        raise UserError(f"--metric {metric!r}: expected <split>_<field> such as valid_loss, valid_nll_loss, valid_ppl")
+    return m.group(1), m.group(2)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_run(path: Path) -> RunData:
+    """Load one run directory; UserError naming the file when it is not one."""
+    meta = _read_json(path / "meta.json")
+    if meta is None:
+        raise UserError(f"{path}: not a run directory (no readable meta.json)")
+    if not (path / "metrics.jsonl").is_file():
+        raise UserError(f"{path}: run directory without metrics.jsonl")
+    recipe = {}
+    if (path / "recipe.yaml").is_file():
+        try:
+            recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path / 'recipe.yaml'}: not valid YAML ({e.__class__.__name__})") from None
+    data, router = recipe.get("data") or {}, recipe.get("router") or {}
+    seed = meta.get("seed", recipe.get("seed"))
+    return RunData(
+        path=path, name=str(meta.get("name") or path.name),
+        task=str(meta.get("task") or recipe.get("task") or "?"),
+        dataset=str(meta.get("dataset") or data.get("dataset") or "?"),
+        estimator=str(meta.get("estimator") or router.get("estimator") or "?"),
+        seed=int(seed) if isinstance(seed, (int, float)) else None,
+        status=str(meta.get("status", "?")), records=tuple(metrics.read(path / "metrics.jsonl")),
+        bleu=_read_json(path / "eval" / "bleu.json"), ppl=_read_json(path / "eval" / "ppl.json"))
+
+
+def discover(paths) -> list[Path]:
+    """Run directories named by `paths`: each a run dir (has meta.json) or a study dir / runs root holding them."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise UserError(f"{p}: no such directory")
+        if (p / "meta.json").is_file():
+            found.append(p)
+            continue
+        runs = sorted(c for c in p.iterdir() if c.is_dir() and (c / "meta.json").is_file())
+        if not runs:
+            raise UserError(f"{p}: neither a run directory nor a study directory "
+                            "(no meta.json in it or its subdirectories)")
+        found.extend(runs)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def check_comparable(runs: list[RunData]) -> None:
+    """Refuse runs of different tasks or datasets with one line naming two runs that differ."""
+    first = runs[0]
+    for r in runs[1:]:
+        for what in ("task", "dataset"):
+            if getattr(r, what) != getattr(first, what):
+                raise UserError(f"cannot compare runs of different {what}s: {first.path} "
+                                f"({what} {getattr(first, what)}) vs {r.path} ({what} {getattr(r, what)})")
+
+
+# ------------------------------------------------------------------------------------------------------ summaries
+@dataclass(frozen=True)
+class GroupSummary:
+    """One estimator's seeds aggregated."""
+
+    estimator: str
+    runs: tuple[str, ...]
+    seeds: tuple[int | None, ...]
+    best: Interval | None
+    final: Interval | None
+    bleu_tok: Interval | None
+    sacrebleu: Interval | None
+    ppl: Interval | None
+    steps: tuple[float | None, ...]  # updates-to-target per seed (None: not reached)
+    steps_ci: Interval | None  # over the seeds that reached the target
+    speedup: float | None
+    speedup_lo: float | None
+    speedup_hi: float | None
+    speedup_note: str
+    wps: Interval | None
+    wall: Interval | None
+    curve: tuple  # (updates, mean, min, max) lists
+    load: dict
+
+    @property
+    def reached(self) -> int:
+        return sum(s is not None for s in self.steps)
+
+    def to_dict(self) -> dict:
+        iv = lambda x: x.to_dict() if x is not None else None  # noqa: E731
+        return {"estimator": self.estimator, "runs": list(self.runs), "seeds": list(self.seeds),
+                "best": iv(self.best), "final": iv(self.final), "bleu_tok": iv(self.bleu_tok),
+                "sacrebleu": iv(self.sacrebleu), "ppl": iv(self.ppl),
+                "updates_to_target": list(self.steps), "updates_to_target_mean": iv(self.steps_ci),
+                "reached": self.reached, "speedup": self.speedup, "speedup_ci": [self.speedup_lo, self.speedup_hi],
+                "speedup_note": self.speedup_note, "tokens_per_s": iv(self.wps), "wall_s": iv(self.wall),
+                "curve": {"updates": self.curve[0], "mean": self.curve[1], "min": self.curve[2], "max": self.curve[3]},
+                "expert_load": self.load}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    target: float | None
+    target_source: str
+    baseline: str | None
+    interpolate: bool
+    groups: tuple[GroupSummary, ...]
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "target": self.target, "target_source": self.target_source,
+                "baseline": self.baseline, "interpolate": self.interpolate, "level": LEVEL,
+                "method": {"interval": "Student-t over seeds (ddof=1)",
+                           "updates_to_target": "first validated update with metric <= target"
+                           + (" (linear interpolation between validation points)" if self.interpolate else ""),
+                           "speedup": f"ratio of mean updates-to-target (baseline / estimator); percentile bootstrap "
+                                      f"over seeds, {N_BOOT} resamples, numpy default_rng({BOOT_SEED})"},
+                "groups": [g.to_dict() for g in self.groups], "notes": list(self.notes)}
+
+
+def _field_ci(runs, get) -> Interval | None:
+    return mean_ci([v for v in (get(r) for r in runs) if isinstance(v, (int, float))])
+
+
+def _mean_load(runs) -> dict[str, float]:
+    loads = [r.moe_load() for r in runs]
+    keys = sorted({k for d in loads for k in d})
+    return {k: sum(d[k] for d in loads if k in d) / sum(k in d for d in loads) for k in keys}
+
+
+def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | None = "topk",
+              target: float | None = None, interpolate: bool = False, require_baseline: bool = False) -> Comparison:
+    """Aggregate runs per estimator: losses, BLEU, updates-to-target and speed-ups over the baseline."""
+    if not runs:
+        raise UserError("no runs to compare")
+    check_comparable(runs)
+    parse_metric(metric)
+    curves = {r.path: r.curve(metric) for r in runs}
+    if not any(curves.values()):
+        raise UserError(f"no run has {metric} records in its metrics.jsonl (--metric)")
+    by_est: dict[str, list[RunData]] = {}
+    for r in sorted(runs, key=lambda r: (r.estimator, r.seed if r.seed is not None else -1, r.name)):
+        by_est.setdefault(r.estimator, []).append(r)
+    notes: list[str] = []
+    if baseline not in by_est:
+        if require_baseline:
+            raise UserError(f"--baseline {baseline!r}: no such estimator among the runs; have: {', '.join(by_est)}")
+        if baseline is not None:
+            notes.append(f"baseline {baseline} not among the runs: no speed-ups")
+        baseline = None
+    target_source = "--target"
+    if target is None and baseline is not None:
+        _, mean, _, _ = mean_curve([curves[r.path] for r in by_est[baseline]])
+        target, target_source = (min(mean), f"best mean {metric} of baseline {baseline}") if mean else (None, "")
+    if target is None:
+        target_source = ""
+        notes.append("no target (pass --target or include the baseline): no updates-to-target")
+    steps = {r.path: steps_to_target(curves[r.path], target, interpolate) if target is not None else None for r in runs}
+    base_steps = [steps[r.path] for r in by_est[baseline]] if baseline else []
+    order = ([baseline] if baseline else []) + sorted(e for e in by_est if e != baseline)
+    groups = []
+    for est in order:
+        rs = by_est[est]
+        cs = [curves[r.path] for r in rs]
+        st = tuple(steps[r.path] for r in rs)
+        speedup = lo = hi = None
+        note = ""
+        if target is not None and baseline is not None:
+            if est == baseline:
+                note = "baseline"
+            if None in st or None in base_steps:
+                note = "n/a: not every seed reached the target"
+            else:
+                speedup = (sum(base_steps) / len(base_steps)) / (sum(st) / len(st))
+                if est != baseline and len(st) > 1 and len(base_steps) > 1:
+                    lo, hi = bootstrap_ratio_ci(base_steps, st)
+        groups.append(GroupSummary(
+            estimator=est, runs=tuple(r.name for r in rs), seeds=tuple(r.seed for r in rs),
+            best=mean_ci([min(v for _, v in c) for c in cs if c]),
+            final=mean_ci([c[-1][1] for c in cs if c]),
+            bleu_tok=_field_ci(rs, lambda r: (r.bleu or {}).get("bleu_tok")),
+            sacrebleu=_field_ci(rs, lambda r: (r.bleu or {}).get("sacrebleu")),
+            ppl=_field_ci(rs, lambda r: (r.ppl or {}).get("ppl")),
+            steps=st, steps_ci=mean_ci([s for s in st if s is not None]),
+            speedup=speedup, speedup_lo=lo, speedup_hi=hi, speedup_note=note,
+            wps=_field_ci(rs, RunData.wps), wall=_field_ci(rs, RunData.wall),
+            curve=mean_curve(cs), load=_mean_load(rs)))
+        if any(not c for c in cs):
+            notes.append(f"{est}: {sum(not c for c in cs)} run(s) without {metric} records")
+        dup = sorted({s for s in (r.seed for r in rs) if s is not None and [r.seed for r in rs].count(s) > 1})
+        if dup:
+            notes.append(f"{est}: several runs with seed(s) {dup} (each counted as a seed)")
+    unfinished = [f"{r.name} ({r.status})" for r in runs if r.status != "done"]
+    if unfinished:
+        notes.append(f"not finished: {', '.join(unfinished)}")
+    subsets = {(r.bleu.get("subset"), r.bleu.get("checkpoint")) for r in runs if r.bleu}
+    if len(subsets) > 1:
+        notes.append("BLEU from different subsets/checkpoints: " + ", ".join(sorted(f"{a}/{b}" for a, b in subsets)))
+    return Comparison(metric, target, target_source, baseline, interpolate, tuple(groups), tuple(notes))
+

@@ -1,0 +1,436 @@
+"""Evaluation of a run directory: BLEU (tokenized and sacreBLEU) by beam search, perplexity for LM runs.
+
+The engine runs in a subprocess (`python -m fairseq_cli.generate` / `fairseq_cli.eval_lm`); this module never imports
+fairseq. The scoring and parsing functions at the top are pure.
+
+Scores (RUN/eval/bleu.json):
+- bleu_tok: BLEU on Moses-tokenized text, as the SparseMixer paper reports for WMT'14 (its eval_moe.sh reports
+  fairseq-generate's BLEU4 on the tokenized, BPE-removed output): sacrebleu.corpus_bleu(tokenize="none",
+  smooth_method="none") of the BPE-removed hypotheses against data/<dataset>/tok/<subset>.<tgt>, which equals
+  fairseq's unsmoothed BLEU4 (and multi-bleu.perl). No compound splitting; for German targets the
+  compound-split variant (get_ende_bleu's `##AT##-##AT##` rule) is reported as well, as bleu_tok_compound_split.
+- sacrebleu: hypotheses detokenized with sacremoses (MosesDetokenizer of the target language), scored with
+  sacreBLEU's defaults (13a tokenization) against the raw reference; its signature is stored alongside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sacrebleu
+from sacremoses import MosesDetokenizer
+
+from smx.errors import UserError
+
+_HYP = re.compile(r"^H-(\d+)\t[^\t]*\t?(.*)$")
+_LM_LOSS = re.compile(r"Loss \(base 2\): ([0-9.eE+-]+|nan|inf), Perplexity: ([0-9.eE+-]+|nan|inf)")
+_LM_TOKENS = re.compile(r"Evaluated ([0-9,]+) tokens in ([0-9.]+)s")
+_COMPOUND = re.compile(r"(\S)-(\S)")
+
+
+# ------------------------------------------------------------------------------------------------- pure functions
+def parse_generate(text: str) -> list[tuple[int, str]]:
+    """fairseq-generate output -> [(sentence id, hypothesis)] sorted by id (the first, best, hypothesis per id)."""
+    hyps: dict[int, str] = {}
+    for line in text.split("\n"):
+        m = _HYP.match(line.rstrip("\r"))
+        if m:
+            hyps.setdefault(int(m.group(1)), m.group(2))
+    return sorted(hyps.items())
+
+
+def check_count(pairs: list[tuple[int, str]], n_sentences: int) -> list[str]:
+    """Hypotheses in sentence order; ValueError unless the ids are exactly 0..n_sentences-1."""
+    ids = [i for i, _ in pairs]
+    if ids != list(range(n_sentences)):
+        missing = sorted(set(range(n_sentences)) - set(ids))
+        extra = sorted(set(ids) - set(range(n_sentences)))
+        raise UserError(
+            f"generate produced {len(ids)} hypotheses for {n_sentences} source sentences"
+            + (f"; missing ids {missing[:10]}{' ...' if len(missing) > 10 else ''}" if missing else "")
+            + (f"; unexpected ids {extra[:10]}" if extra else ""))
+    return [h for _, h in pairs]
+
+
+def compound_split(line: str) -> str:
+    """get_ende_bleu's compound splitting: `a-b` -> `a ##AT##-##AT## b`."""
+    return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line)
+
+
+def detokenize(lines: list[str], lang: str, moses: bool = True, unescape: bool = True) -> list[str]:
+    """Moses detokenization (sacremoses) of whitespace-tokenized lines; moses=False only normalizes whitespace."""
+    if not moses:
+        return [" ".join(line.split()) for line in lines]
+    md = MosesDetokenizer(lang=lang)
+    return [md.detokenize(line.split(), unescape=unescape) for line in lines]
+
+
+def _bleu_detail(b) -> dict:
+    return {"counts": list(b.counts), "totals": list(b.totals), "precisions": list(b.precisions), "bp": b.bp,
+            "sys_len": b.sys_len, "ref_len": b.ref_len}
+
+
+def score_bleu(hyps_tok: list[str], refs_tok: list[str], hyps_detok: list[str], refs_raw: list[str], *,
+               compound: bool = False) -> dict:
+    """Tokenized BLEU and sacreBLEU with its signature.
+
+    Tokenized: tokenize='none', smooth_method='none' on Moses-tokenized text (fairseq-generate's BLEU4 and
+    multi-bleu.perl: 0 when some n-gram order has no match). sacreBLEU: its defaults (13a, exp smoothing).
+    """
+    sizes = {len(hyps_tok), len(refs_tok), len(hyps_detok), len(refs_raw)}
+    if len(sizes) != 1:
+        raise ValueError(f"score_bleu: line counts differ (hyp tok {len(hyps_tok)}, ref tok {len(refs_tok)}, "
+                         f"hyp detok {len(hyps_detok)}, ref raw {len(refs_raw)})")
+    tok = sacrebleu.corpus_bleu(hyps_tok, [refs_tok], tokenize="none", smooth_method="none")
+    metric = sacrebleu.metrics.BLEU()
+    sb = metric.corpus_score(hyps_detok, [refs_raw])
+    out = {"n_sentences": len(hyps_tok), "bleu_tok": tok.score, "bleu_tok_detail": _bleu_detail(tok),
+           "sacrebleu": sb.score, "sacrebleu_signature": str(metric.get_signature()),
+           "sacrebleu_detail": _bleu_detail(sb)}
+    if compound:
+        cs = sacrebleu.corpus_bleu([compound_split(h) for h in hyps_tok], [[compound_split(r) for r in refs_tok]],
+                                   tokenize="none", smooth_method="none")
+        out["bleu_tok_compound_split"] = cs.score
+    return out
+
+
+def parse_eval_lm(text: str) -> dict:
+    """fairseq eval_lm log -> {"loss": base-2 loss per token, "ppl": 2 ** loss, "tokens": n}."""
+    loss, tokens = _LM_LOSS.findall(text), _LM_TOKENS.findall(text)
+    if not loss or not tokens:
+        raise UserError("eval_lm finished without a 'Loss (base 2)' / 'Evaluated N tokens' line (see the log)")
+    value = float(loss[-1][0])
+    return {"loss": value, "ppl": 2.0 ** value, "tokens": int(tokens[-1][0].replace(",", "")),
+            "engine_seconds": float(tokens[-1][1])}
+
+
+def idx_length(path: Path) -> int:
+    """Number of sentences in a fairseq binarized .idx file (mmap or legacy index), read from its header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(34)
+    except OSError:
+        raise UserError(f"{path}: missing binarized index (prepare the data first: smx data prep)") from None
+    if head[:9] == b"MMIDIDX\x00\x00":
+        return struct.unpack("<Q", head[18:26])[0]
+    if head[:8] == b"TNTIDX\x00\x00":
+        return struct.unpack("<Q", head[24:32])[0]
+    raise UserError(f"{path}: not a fairseq index file")
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a text file (no line-end characters; only "\\n" separates lines)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        raise UserError(f"{path}: missing {what}") from None
+    lines = text.split("\n")
+    return lines[:-1] if text.endswith("\n") or not text else lines
+
+
+# ------------------------------------------------------------------------------------------------ run resolution
+_RAW_REF_DIRS = ("raw", "detok", "orig", "text")  # where a raw (untokenized) reference may live, in this order
+
+
+def checkpoint_files(run: Path, spec: str) -> list[Path]:
+    """best | last -> [checkpoint_{best,last}.pt]; avg:N -> the N newest numbered checkpoints (UserError if absent).
+
+    avg:N uses checkpoint_<epoch>_<update>.pt files when the run saved any (newest by update), else
+    checkpoint<epoch>.pt (newest by epoch).
+    """
+    ck = run / "checkpoints"
+    if spec in ("best", "last"):
+        path = ck / f"checkpoint_{spec}.pt"
+        if not path.is_file():
+            raise UserError(f"{path}: no such checkpoint (has the run saved one yet?)")
+        return [path]
+    m = re.fullmatch(r"avg:(\d+)", spec)
+    if not m or int(m.group(1)) < 1:
+        raise UserError(f"--checkpoint {spec!r}: expected best, last or avg:N (N >= 1)")
+    n = int(m.group(1))
+    files = list(ck.glob("checkpoint*.pt")) if ck.is_dir() else []
+    by_update = sorted((int(u), p) for p in files if (u := _match(r"checkpoint_\d+_(\d+)\.pt", p.name)))
+    by_epoch = sorted((int(e), p) for p in files if (e := _match(r"checkpoint(\d+)\.pt", p.name)))
+    chosen = [p for _, p in (by_update or by_epoch)][-n:]
+    if len(chosen) < n:
+        raise UserError(f"--checkpoint avg:{n}: {ck} holds {len(chosen)} numbered checkpoint(s) "
+                        f"({', '.join(p.name for p in chosen) or 'none'}); need {n}")
+    return chosen
+
+
+def _match(pattern: str, name: str) -> str | None:
+    m = re.fullmatch(pattern, name)
+    return m.group(1) if m else None
+
+
+def load_run_recipe(run: Path):
+    """The run's resolved recipe (RUN/recipe.yaml); UserError when RUN is not a run directory."""
+    from smx import recipes
+
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    if not (run / "recipe.yaml").is_file():
+        raise UserError(f"{run}: not a run directory (no recipe.yaml)")
+    return recipes.load(run / "recipe.yaml")
+
+
+def bin_dir_of(recipe, run: Path) -> Path:
+    """The run's binarized data: data.dir or <data.root>/<dataset>/bin; a relative path is looked up from the
+    current directory, then from each ancestor of the run directory (runs usually sit next to data/)."""
+    d = Path(recipe.data.dir) if recipe.data.dir else Path(recipe.data.root) / recipe.data.dataset / "bin"
+    for base in ([Path()] if d.is_absolute() else [Path(), *Path(run).resolve().parents]):
+        if (base / d).is_dir():
+            return base / d
+    raise UserError(f"{d}: binarized data directory of the run's dataset not found (data.root / data.dir, looked up "
+                    f"from here and the run's parent directories); prepare it: smx data prep {recipe.data.dataset}")
+
+
+def translation_pair(bin_dir: Path, subset: str, recipe) -> tuple[str, str]:
+    """(src, tgt) of a translation run: the recipe's languages, else the pair the binarized subset files name."""
+    if recipe.data.source_lang and recipe.data.target_lang:
+        return recipe.data.source_lang, recipe.data.target_lang
+    pairs = sorted({p.name.split(".")[1] for p in bin_dir.glob(f"{subset}.*-*.*.idx")})
+    if len(pairs) != 1:
+        raise UserError(f"{bin_dir}: expected the files of one language pair for subset {subset}, "
+                        f"found {pairs or 'none'}")
+    src, tgt = pairs[0].split("-")
+    return recipe.data.source_lang or src, recipe.data.target_lang or tgt
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """How the dataset's target text was tokenized (from data/<name>/manifest.json), so detokenization mirrors it."""
+
+    lang: str
+    moses: bool = True
+    escape: bool = True  # unknown: assume Moses' default (escaped), so the detokenizer unescapes
+
+
+def text_settings(data_dir: Path, subset: str, tgt: str) -> TextSettings:
+    try:
+        text = json.loads((data_dir / "manifest.json").read_text())["settings"]["text"][f"{subset}.{tgt}"]
+        return TextSettings(str(text.get("lang", tgt)), bool(text.get("moses", True)), bool(text.get("escape", True)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return TextSettings(tgt)
+
+
+def raw_reference(data_dir: Path, subset: str, tgt: str) -> Path | None:
+    for sub in _RAW_REF_DIRS:
+        if (p := data_dir / sub / f"{subset}.{tgt}").is_file():
+            return p
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------- engine
+def engine_base(module: str, bin_dir: Path, checkpoint: Path, subset: str, max_tokens: int) -> list[str]:
+    from smx.fairseq_plugin import env
+
+    # -P: the current directory is not put on sys.path, so a directory named smx/ (or fairseq/) there cannot
+    # shadow the installed packages in the engine process
+    return [sys.executable, "-P", "-m", module, str(bin_dir), "--path", str(checkpoint),
+            "--user-dir", str(env.user_dir()), "--gen-subset", subset, "--max-tokens", str(max_tokens), *env.EVAL_ARGS]
+
+
+def generate_argv(bin_dir: Path, checkpoint: Path, subset: str, src: str, tgt: str, beam: int, lenpen: float,
+                  max_tokens: int) -> list[str]:
+    return engine_base("fairseq_cli.generate", bin_dir, checkpoint, subset, max_tokens) + [
+        "--task", "translation", "--source-lang", src, "--target-lang", tgt, "--beam", str(beam),
+        "--lenpen", str(lenpen), "--nbest", "1", "--remove-bpe"]
+
+
+def eval_lm_argv(bin_dir: Path, checkpoint: Path, subset: str, tokens_per_sample: int, sample_break_mode: str,
+                 context_window: int, max_tokens: int) -> list[str]:
+    return engine_base("fairseq_cli.eval_lm", bin_dir, checkpoint, subset, max_tokens) + [
+        "--task", "language_modeling", "--tokens-per-sample", str(tokens_per_sample),
+        "--sample-break-mode", sample_break_mode, "--context-window", str(context_window)]
+
+
+def run_engine(argv: list[str], log: Path, label: str, total: int | None = None, count_prefix: str = "H-") -> str:
+    """Run an engine command, streaming stdout (progress: lines starting with count_prefix) into log.
+
+    Returns stdout followed by stderr; raises UserError (last output line, log path) when the engine fails.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from smx.fairseq_plugin import env
+
+    environ = {**os.environ, **env.engine_env(), "LOGLEVEL": "INFO"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, encoding="utf-8", errors="replace", env=environ)
+    err: list[str] = []
+    drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    drain.start()
+    out: list[str] = []
+    with Progress(console=Console(stderr=True), transient=True) as bar, open(log, "w", encoding="utf-8") as f:
+        f.write(" ".join(argv) + "\n")
+        task = bar.add_task(label, total=total)
+        for line in proc.stdout:
+            out.append(line)
+            f.write(line)
+            if line.startswith(count_prefix):
+                bar.advance(task)
+        proc.wait()
+        drain.join()
+        f.write("".join(err))
+    if proc.returncode != 0:
+        last = next((x.strip() for x in reversed(err + out) if x.strip()), "no output")
+        raise UserError(f"engine failed (exit {proc.returncode}): {last[:300]} (full log: {log})")
+    return "".join(out) + "".join(err)  # results on stdout; logging may go to either stream
+
+
+SUBSETS = ("valid", "test")
+
+
+def _options(recipe, subset, max_tokens) -> tuple[str, int]:
+    subset = subset or recipe.eval.subset
+    if subset not in SUBSETS:
+        raise UserError(f"--subset {subset!r}: expected one of {', '.join(SUBSETS)}")
+    max_tokens = recipe.eval.max_tokens if max_tokens is None else max_tokens
+    if max_tokens < 1:
+        raise UserError(f"--max-tokens {max_tokens}: must be >= 1")
+    return subset, max_tokens
+
+
+def _write_result(eval_dir: Path, kind: str, result: dict) -> Path:
+    """eval/<kind>.json (the latest result) and eval/<kind>.<subset>.<checkpoint>.json (kept per setting)."""
+    text = json.dumps(result, indent=2) + "\n"
+    (eval_dir / f"{kind}.{result['subset']}.{result['checkpoint'].replace(':', '')}.json").write_text(text)
+    (eval_dir / f"{kind}.json").write_text(text)
+    return eval_dir / f"{kind}.json"
+
+
+def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: int | None = None,
+         lenpen: float | None = None, max_tokens: int | None = None) -> dict:
+    """Beam search over every sentence of the subset, then tokenized BLEU and sacreBLEU into RUN/eval/bleu.json.
+
+    Defaults come from the recipe's eval section (beam 4, lenpen 0.6, subset test). Every input is checked before
+    anything is written.
+    """
+    run = Path(run)
+    recipe = load_run_recipe(run)
+    if recipe.task != "translation":
+        raise UserError(f"{run}: a {recipe.task} run; BLEU needs a translation run (use `smx eval ppl`)")
+    subset, max_tokens = _options(recipe, subset, max_tokens)
+    beam = recipe.eval.beam if beam is None else beam
+    lenpen = recipe.eval.lenpen if lenpen is None else lenpen
+    if beam < 1:
+        raise UserError(f"--beam {beam}: must be >= 1")
+    ckpts = checkpoint_files(run, checkpoint)
+    bin_dir = bin_dir_of(recipe, run)
+    src, tgt = translation_pair(bin_dir, subset, recipe)
+    n = idx_length(bin_dir / f"{subset}.{src}-{tgt}.{src}.idx")
+    refs_tok = read_lines(bin_dir.parent / "tok" / f"{subset}.{tgt}", "tokenized reference")
+    ts = text_settings(bin_dir.parent, subset, tgt)
+    raw_path = raw_reference(bin_dir.parent, subset, tgt)
+    refs_raw = read_lines(raw_path, "raw reference") if raw_path else detokenize(refs_tok, ts.lang, ts.moses, ts.escape)
+    for what, lines in (("tokenized reference", refs_tok), ("raw reference", refs_raw)):
+        if len(lines) != n:
+            raise UserError(f"{what} of {subset} has {len(lines)} lines but {bin_dir} holds {n} sentences")
+    eval_dir = run / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    start = time.time()
+    with model_checkpoint(checkpoint, ckpts) as ckpt:
+        argv = generate_argv(bin_dir, ckpt, subset, src, tgt, beam, lenpen, max_tokens)
+        text = run_engine(argv, eval_dir / f"{subset}.generate.log", f"beam search ({subset})", total=n)
+    hyps_tok = check_count(parse_generate(text), n)
+    hyps_detok = detokenize(hyps_tok, ts.lang, ts.moses, ts.escape)
+    scores = score_bleu(hyps_tok, refs_tok, hyps_detok, refs_raw, compound=ts.lang == "de")
+    for suffix, lines in (("hyp.tok", hyps_tok), ("hyp.detok", hyps_detok), ("ref.tok", refs_tok),
+                          ("ref.raw", refs_raw)):
+        (eval_dir / f"{subset}.{suffix}").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    result = {"run": str(run), "subset": subset, "checkpoint": checkpoint, "checkpoint_files": [str(p) for p in ckpts],
+              "beam": beam, "lenpen": lenpen, "max_tokens": max_tokens, "src": src, "tgt": tgt, **scores,
+              "bleu_tok_method": "sacrebleu tokenize=none smooth=none (= fairseq BLEU4) on Moses-tokenized, "
+                                 "BPE-removed text; no compound splitting (bleu_tok_compound_split: get_ende_bleu's "
+                                 "##AT## rule)",
+              "ref_tok": str(bin_dir.parent / "tok" / f"{subset}.{tgt}"),
+              "ref_raw": str(raw_path) if raw_path else "tokenized reference detokenized with sacremoses",
+              "detokenizer": f"sacremoses MosesDetokenizer(lang={ts.lang}, unescape={ts.escape})" if ts.moses
+              else "none (the dataset is not Moses-tokenized)",
+              "seconds": round(time.time() - start, 2), "argv": argv}
+    result["path"] = str(_write_result(eval_dir, "bleu", result))
+    return result
+
+
+def ppl(run: Path, checkpoint: str = "best", subset: str | None = None, max_tokens: int | None = None,
+        context_window: int = 0) -> dict:
+    """Perplexity of an LM run on the subset (fairseq eval_lm) into RUN/eval/ppl.json: base-2 loss, ppl, tokens."""
+    run = Path(run)
+    recipe = load_run_recipe(run)
+    if recipe.task != "language_modeling":
+        raise UserError(f"{run}: a {recipe.task} run; perplexity needs a language_modeling run (use `smx eval bleu`)")
+    subset, max_tokens = _options(recipe, subset, max_tokens)
+    tps = recipe.data.tokens_per_sample
+    if context_window < 0 or context_window >= tps:
+        raise UserError(f"--context-window {context_window}: must be >= 0 and < data.tokens_per_sample ({tps})")
+    max_tokens = max(max_tokens, tps)
+    ckpts = checkpoint_files(run, checkpoint)
+    bin_dir = bin_dir_of(recipe, run)
+    idx_length(bin_dir / f"{subset}.idx")
+    eval_dir = run / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    start = time.time()
+    with model_checkpoint(checkpoint, ckpts) as ckpt:
+        argv = eval_lm_argv(bin_dir, ckpt, subset, tps, recipe.data.sample_break_mode, context_window, max_tokens)
+        text = run_engine(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})")
+    result = {"run": str(run), "subset": subset, "checkpoint": checkpoint, "checkpoint_files": [str(p) for p in ckpts],
+              **parse_eval_lm(text), "loss_base": 2, "tokens_per_sample": tps, "context_window": context_window,
+              "max_tokens": max_tokens, "seconds": round(time.time() - start, 2), "argv": argv}
+    result["path"] = str(_write_result(eval_dir, "ppl", result))
+    return result
+
+
+@contextlib.contextmanager
+def model_checkpoint(spec: str, files: list[Path]):
+    """The checkpoint file to evaluate: files[0], or for avg:N their average in a temporary directory."""
+    if not spec.startswith("avg:"):
+        yield files[0]
+        return
+    with tempfile.TemporaryDirectory(prefix="smx-avg-") as tmp:
+        out = Path(tmp) / "checkpoint_avg.pt"
+        average_checkpoints(files, out)
+        yield out
+
+
+def average_checkpoints(paths: list[Path], out: Path) -> None:
+    """Average the model parameters of fairseq checkpoints in a subprocess (`python -m smx.evaluate average`)."""
+    from smx.fairseq_plugin import env
+
+    argv = [sys.executable, "-P", "-m", "smx.evaluate", "average", str(out), *map(str, paths)]
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env.engine_env()})
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"checkpoint averaging failed: {last}")
+
+
+def _average_main(out: str, *inputs: str) -> None:
+    """Mean of every floating-point tensor of state['model'] over the inputs; everything else from the newest."""
+    import torch
+
+    total: dict = {}
+    state = None
+    for path in inputs:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for k, v in state["model"].items():
+            if torch.is_floating_point(v):
+                total[k] = total.get(k, 0) + v.double()
+    state["model"] = {k: (total[k] / len(inputs)).to(v.dtype) if k in total else v for k, v in state["model"].items()}
+    torch.save(state, out)
+
+
+if __name__ == "__main__":  # python -m smx.evaluate average OUT IN... (run by average_checkpoints)
+    if len(sys.argv) < 4 or sys.argv[1] != "average":
+        sys.exit("usage: python -m smx.evaluate average OUT IN...")
+    _average_main(*sys.argv[2:])

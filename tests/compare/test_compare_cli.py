@@ -1,0 +1,94 @@
+"""`smx compare` end to end on hand-built run directories: outputs, PNGs, refusals with exit 2."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import matplotlib.image
+import pytest
+
+from smx.cli import run
+
+from compare_helpers import write_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_compare_study_writes_outputs(study, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    assert run(["compare", str(study)]) == 0
+    out = study / "compare"
+    printed = capsys.readouterr().out
+    assert "sparsemixer" in printed and "topk" in printed and "1.67x [1.00, 3.00]" in printed
+    for name in ("compare.md", "compare.json", "curves.png", "expert_load.png"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("curves.png", "expert_load.png"):
+        w, h = _png_size(out / name)
+        assert w > 100 and h > 100
+        img = matplotlib.image.imread(out / name)
+        assert img.shape[0] == h and img.shape[1] == w and img.std() > 0  # a real, non-blank image
+    data = json.loads((out / "compare.json").read_text())
+    assert data["target"] == 2.0 and data["baseline"] == "topk"
+    sm = next(g for g in data["groups"] if g["estimator"] == "sparsemixer")
+    assert sm["speedup"] == pytest.approx(5 / 3) and sm["speedup_ci"] == [1.0, 3.0]
+    assert sm["updates_to_target"] == [20.0, 10.0]
+    md = (out / "compare.md").read_text()
+    assert "| sparsemixer | 1,2 |" in md and "1.67x [1.00, 3.00]" in md and "![curves](curves.png)" in md
+    assert "| 21.00 ± 12.71 |" in md  # topk BLEU (tok): mean of 20 and 22, t(0.975, 1) * 1
+
+
+def test_compare_run_dirs_with_out_and_target(study, tmp_path, capsys):
+    out = tmp_path / "report"
+    runs = [str(study / n) for n in ("topk-s1", "topk-s2", "sm-s1", "sm-s2")]
+    assert run(["compare", *runs, "--target", "1.5", "--interpolate", "--out", str(out)]) == 0
+    data = json.loads((out / "compare.json").read_text())
+    assert data["target"] == 1.5 and data["target_source"] == "--target" and data["interpolate"] is True
+    topk = data["groups"][0]
+    assert topk["updates_to_target"] == [None, 27.5] and topk["speedup"] is None
+
+
+def test_compare_refuses_different_datasets(tmp_path, capsys):
+    a = write_run(tmp_path, "a", "topk", 1, [(10, 2.0)], dataset="synthetic-mt")
+    b = write_run(tmp_path, "b", "sparsemixer", 1, [(10, 2.0)], dataset="multi30k-en-de")
+    assert run(["compare", str(a), str(b), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "different datasets" in err and "synthetic-mt" in err and "multi30k-en-de" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_refuses_different_tasks(tmp_path, capsys):
+    a = write_run(tmp_path, "a", "topk", 1, [(10, 2.0)], task="translation", dataset="d")
+    b = write_run(tmp_path, "b", "topk", 2, [(10, 2.0)], task="language_modeling", dataset="d")
+    assert run(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "different tasks" in err and "language_modeling" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("make", ["empty", "missing", "file", "no_metrics"])
+def test_compare_non_run_directories(tmp_path, capsys, make):
+    target = tmp_path / "x"
+    if make == "empty":
+        target.mkdir()
+        (target / "sub").mkdir()
+    elif make == "file":
+        target.write_text("hello")
+    elif make == "no_metrics":
+        target.mkdir()
+        (target / "meta.json").write_text(json.dumps({"name": "x"}))
+    assert run(["compare", str(target), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(target) in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_unknown_baseline(study, capsys):
+    assert run(["compare", str(study), "--baseline", "nope"]) == 2
+    assert "--baseline 'nope'" in capsys.readouterr().err
