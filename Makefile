@@ -6,8 +6,24 @@ PY := $(VENV)/bin/python
 SMX := $(VENV)/bin/smx
 STAMP := $(VENV)/.smx-installed
 RECIPE ?= recipes/ding_switch.yaml
+ESTIMATORS ?= sparsemixer,straight_through,sparsemixer_v2,topk
+SEEDS ?= 1,2,3
+JOBS ?= 2
+STUDY ?= studies/$(basename $(notdir $(RECIPE)))
+DEMO_DIR ?= demo/ding_switch
 
 .PHONY: venv test test-fast demo bench reproduce clean-venv
+
+# Evaluate every finished run of a study: BLEU for translation runs, perplexity for LM runs.
+define eval_study
+	@for meta in $(1)/*/meta.json; do \
+	  run=$$(dirname $$meta); \
+	  if grep -q '"status": "done"' $$meta; then \
+	    if grep -q '"task": "language_modeling"' $$meta; then $(SMX) eval ppl $$run || exit 1; \
+	    else $(SMX) eval bleu $$run || exit 1; fi; \
+	  fi; \
+	done
+endef
 
 venv: $(STAMP)
 
@@ -26,10 +42,27 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# The main job on the embedded default: sparsemixer vs topk on real De-En text (ding-de-en, offline), two runs in
+# parallel (one torch thread each), BLEU on the test split, then the comparison table and plots.
 demo: $(STAMP)
-	$(SMX) diagnose gradients
+	$(SMX) data prep ding-de-en
+	$(SMX) sweep recipes/ding_switch.yaml --estimators sparsemixer,topk --seeds 1 --study-dir $(DEMO_DIR) --jobs 2
+	$(call eval_study,$(DEMO_DIR))
+	$(SMX) compare $(DEMO_DIR) --baseline topk --out $(DEMO_DIR)/compare
 
-bench: $(STAMP)
+# The whole head-to-head study: RECIPE=recipes/multi30k_switch.yaml (a real CPU benchmark) or
+# RECIPE=recipes/wmt14_switch.yaml JOBS=1 (GPU) select another study.
+reproduce: $(STAMP)
+	$(SMX) sweep $(RECIPE) --estimators $(ESTIMATORS) --seeds $(SEEDS) --study-dir $(STUDY) --jobs $(JOBS)
+	$(call eval_study,$(STUDY))
+	$(SMX) compare $(STUDY) --baseline topk --out $(STUDY)/compare
+	$(SMX) report $(STUDY) --compare-dir $(STUDY)/compare \
+	  --command "make reproduce RECIPE=$(RECIPE) ESTIMATORS=$(ESTIMATORS) SEEDS=$(SEEDS) JOBS=$(JOBS)" \
+	  --command "smx sweep $(RECIPE) --estimators $(ESTIMATORS) --seeds $(SEEDS) --study-dir $(STUDY) --jobs $(JOBS)" \
+	  --command "smx eval bleu|ppl <each run in $(STUDY)>" \
+	  --command "smx compare $(STUDY) --baseline topk --out $(STUDY)/compare"
+
+gradients: $(STAMP)
 	$(SMX) diagnose gradients --json bench/results/gradient_fidelity.json --force
 
 clean-venv:

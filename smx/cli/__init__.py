@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from smx.cli import compare, data, diagnose, evaluate, recipe, train
+from smx.cli import compare, data, diagnose, evaluate, recipe, report, train
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -28,6 +28,7 @@ app.add_typer(diagnose.app, name="diagnose")
 app.add_typer(evaluate.app, name="eval")
 train.register(app)
 compare.register(app)
+report.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -133,12 +133,15 @@ def sweep(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides train.device)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (start / resume / skip) and stop."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    jobs: int = typer.Option(1, "--jobs", help="Runs trained at once, each in its own process (CPU: one per core)."),
 ) -> int:
-    """Train the estimator x seed grid of RECIPE sequentially into one study directory; rerun to resume."""
+    """Train the estimator x seed grid of RECIPE into one study directory (--jobs runs at once); rerun to resume."""
     from smx import sweep as sw
 
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device {device!r}: expected auto, cpu or cuda")
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: expected an integer >= 1")
     plan = sw.plan_sweep(recipe, sw.parse_list(estimators, "--estimators"), sw.parse_seeds(seeds), list(set_),
                          study_dir)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -152,7 +155,12 @@ def sweep(
         return 0
     argv = ("smx", "sweep", str(recipe), "--estimators", estimators, "--seeds", seeds,
             *(x for s in set_ for x in ("--set", s)), "--study-dir", str(plan.study_dir))
-    results = sw.run_sweep(plan, device=device, progress=not no_progress, console=console, argv=argv)
+    if jobs > 1:
+        from smx.sweep_parallel import run_parallel
+
+        results = run_parallel(plan, jobs, device=device, console=console)
+    else:
+        results = sw.run_sweep(plan, device=device, progress=not no_progress, console=console, argv=argv)
     bad = {p: r for p, r in results.items() if r not in ("done", "skipped")}
     for p, r in bad.items():
         console.print(f"{p}: {r}", markup=False)

@@ -1,0 +1,78 @@
+"""report.md for a study: the comparison (table, method, plots), every run, and the exact commands.
+
+Reads only files: the run directories' meta.json / eval/bleu.json / eval/ppl.json and the output of `smx compare`
+(compare.md, compare.json, PNGs) in the same directory the report is written to.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from smx.errors import UserError
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_rows(study: Path) -> list[list[str]]:
+    """One row per run directory in the study: name, estimator, seed, status, updates, BLEU / ppl, wall."""
+    rows = []
+    for meta_file in sorted(study.glob("*/meta.json")):
+        run = meta_file.parent
+        meta = _read_json(meta_file)
+        last = meta.get("last") if isinstance(meta.get("last"), dict) else {}
+        last_train = last.get("train") if isinstance(last.get("train"), dict) else {}
+        bleu, ppl = _read_json(run / "eval" / "bleu.json"), _read_json(run / "eval" / "ppl.json")
+        score = "-"
+        if isinstance(bleu.get("bleu_tok"), (int, float)):
+            score = f"BLEU {bleu['bleu_tok']:.2f} (tokenized) / {bleu.get('sacrebleu', float('nan')):.2f} (sacreBLEU)"
+        elif ppl:
+            score = f"ppl {ppl.get('ppl', float('nan')):.2f}"
+        rows.append([run.name, str(meta.get("estimator", "?")), str(meta.get("seed", "?")),
+                     str(meta.get("status", "?")), str(last_train.get("step", "-")), score,
+                     str(meta.get("git_sha", "?"))[:12]])
+    return rows
+
+
+def build(study: Path, compare_dir: Path, commands: list[str]) -> str:
+    compare_md = compare_dir / "compare.md"
+    if not compare_md.is_file():
+        raise UserError(f"{compare_md}: missing; run `smx compare {study} --out {compare_dir}` first")
+    body = compare_md.read_text().split("\n", 1)[1].lstrip("\n")  # drop its "# smx compare" title
+    study_json = _read_json(study / "study.json")
+    rows = run_rows(study)
+    if not rows:
+        raise UserError(f"{study}: no run directories (*/meta.json) in this study")
+    versions = next((m.get("versions") for m in (_read_json(p) for p in sorted(study.glob("*/meta.json")))
+                     if isinstance(m.get("versions"), dict)), {})
+    lines = [f"# smx study report: {study_json.get('recipe_name', study.name)}", "",
+             f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+             f"({platform.machine()}, {platform.python_implementation()} {platform.python_version()}); "
+             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+             f"Recipe `{study_json.get('recipe', '?')}`, overrides {study_json.get('overrides', [])}, "
+             f"estimators {study_json.get('estimators', '?')}, seeds {study_json.get('seeds', '?')}.", "",
+             "## Comparison", "", body.rstrip(), "",
+             "## Runs", "", "| run | estimator | seed | status | last update | score | git |",
+             "|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "## Exact commands", "", "```"] + (commands or ["(not recorded)"]) + ["```", "",
+              "Every run directory also holds its resolved recipe (recipe.yaml), the exact engine command "
+              "(fairseq_argv.txt), metrics.jsonl and train.log.", ""]
+    return "\n".join(lines)
+
+
+def write(study: Path, compare_dir: Path, commands: list[str]) -> Path:
+    if not study.is_dir():
+        raise UserError(f"{study}: no such study directory")
+    text = build(study, compare_dir, commands)
+    out = compare_dir / "report.md"
+    out.write_text(text)
+    return out
