@@ -12,12 +12,17 @@ API (what the train code calls):
 Everything lands in root/<name>/ (raw/, tok/, bpe/, bin/, logs/, manifest.json). Each step is skipped when the
 manifest shows it done with the same settings and inputs, and redone if it was interrupted; manifest "complete" is
 set only at the very end. Downloads and unpacked packages are cached in $SMX_DATA_CACHE or root/.cache.
+
+Bad input leaves no trace: a prep from local files (--source PATH) or a generated dataset that fails with a
+UserError (missing, empty, truncated or corrupt file, line-count mismatch, ...) removes the directories it created;
+a failed prep from the network keeps what it downloaded so that a re-run resumes.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -108,7 +113,30 @@ def prepare(name: str, root: Path | str = Path("data"), source: str | Path | Non
     src = parse_source(source)
     merges = spec.default_bpe_merges if bpe_merges is None else bpe_merges
     root_dir = Path(root) / name
+    created = [p for p in (_topmost_missing(root_dir), _topmost_missing(cache_dir(root))) if p is not None]
+    local = (src is None and not spec.takes_source) or (src is not None and not src.is_url)
     root_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare_in(spec, root_dir, root, src, config, merges, workers, progress)
+    except UserError:
+        if local:  # nothing was downloaded: remove what this call created (unpacked local files included)
+            for path in created:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The highest ancestor of `path` (or `path` itself) that does not exist yet, or None when it exists."""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _prepare_in(spec, root_dir: Path, root, src, config, merges: int, workers: int, progress: bool) -> Path:
+    name = spec.info.name
     with locked(root_dir), Reporter(progress) as reporter:
         man = _manifest.Manifest.load(root_dir)
         before = man.snapshot()

@@ -4,13 +4,19 @@ fairseq 0.12 infers its rank from torchrun's environment only on GPU machines (i
 so on CPU (gloo) every process would claim rank 0. This shim turns torchrun's RANK / LOCAL_RANK into fairseq's own
 distributed arguments, then runs fairseq_cli.train unchanged (by module name: fairseq is imported by the engine,
 not here).
+
+Each worker also watches its parent (the torchrun agent): when the agent is gone (smx and the agent were killed with
+SIGKILL, say), the worker kills itself instead of training on as an orphan.
 """
 
 from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
+import threading
+import time
 
 
 def distributed_args(environ: dict[str, str]) -> list[str]:
@@ -23,7 +29,23 @@ def distributed_args(environ: dict[str, str]) -> list[str]:
             "--distributed-no-spawn"]
 
 
+def watch_parent(interval: float = 1.0) -> threading.Thread:
+    """A daemon thread that SIGKILLs this process once its parent process has gone (it was re-parented)."""
+    parent = os.getppid()
+
+    def loop() -> None:
+        while True:
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, name="smx-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
+    watch_parent()
     sys.argv = ["fairseq-train", *sys.argv[1:], *distributed_args(dict(os.environ))]
     runpy.run_module("fairseq_cli.train", run_name="__main__", alter_sys=True)
 

@@ -1,97 +1,164 @@
 """Running the fairseq engine for a run directory (smx.launch builds the command; this module runs it).
 
-The engine is a subprocess in its own session (so that a terminal's Ctrl-C reaches smx first): output is teed to
-train.log and parsed into metrics.jsonl (smx.metrics); a rich progress bar follows it (smx.progress); every
-checkpoint save seen in the log updates checkpoints/SHA256SUMS (and once more at the end). SIGINT / SIGTERM are
-forwarded to the engine's process group (a second one escalates to SIGTERM, a third to SIGKILL), the engine is
-awaited, and meta.json says done, failed or interrupted. A resume drops the metrics logged after the checkpoint it
-loads (they are logged again) and continues the wall clock.
+The engine is a subprocess in its own session (so that a terminal's Ctrl-C reaches smx first) that writes its output
+straight into train.log (so nothing it logged is lost if smx dies); smx follows the file, parses it into
+metrics.jsonl (smx.metrics) and drives a rich progress bar (smx.progress).
+
+Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
+- The engine dies with smx: on Linux it gets SIGKILL when smx dies (PR_SET_PDEATHSIG; torchrun workers watch their
+  parent, smx.engine_entry), so a kill -9 of smx never leaves an orphan training on.
+- Checkpoint hashes are recorded by the engine when it saves (never by smx re-hashing whatever is on disk); smx only
+  drops the lines of checkpoints the engine removed. A resume passes the hash smx verified to the engine, which
+  checks it again right before unpickling.
+- SIGINT / SIGTERM: the first one asks a one-process engine to save checkpoint_last.pt after the current update and
+  stop (torchrun: forwarded to its process group); a second one sends SIGTERM to the whole group, a third SIGKILL;
+  meta.json then says interrupted.
+- A resume drops the metrics logged after the checkpoint it loads (they are logged again), recovers from train.log
+  the ones up to it that smx had not yet written when it was killed, and continues the wall clock.
+- A non-finite loss (SMX_NONFINITE line) ends the run as failed, with meta.json "failure" naming the update and the
+  last checkpoint saved before it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from smx import metrics
+from smx.fairseq_plugin import checksums
 from smx.launch import Distributed, engine_command, engine_environment, fairseq_argv
 from smx.recipes import Recipe
-from smx.rundir import RunDir, now, update_meta, write_checksums
+from smx.rundir import RunDir, now, prune_checksums, update_meta
+
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
 class _State:
     proc: subprocess.Popen | None = None
     interrupts: int = 0
+    graceful: bool = False  # the engine saves and stops on SIGINT (one process)
+    nonfinite: dict | None = None
+    saved: metrics.CheckpointEvent | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _forward(state: _State, signum: int) -> None:
     state.interrupts += 1
     if state.proc is None or state.proc.poll() is not None:
         return
-    sig = signal.SIGINT if state.interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM
-    if state.interrupts >= 3:
-        sig = signal.SIGKILL
     try:
-        os.killpg(state.proc.pid, sig)
+        if state.interrupts == 1 and state.graceful:
+            os.kill(state.proc.pid, signal.SIGINT)  # the engine process only (not its data-loader workers)
+            return
+        sig = signal.SIGINT if state.interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM
+        os.killpg(state.proc.pid, signal.SIGKILL if state.interrupts >= 3 else sig)
     except ProcessLookupError:
         pass
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A Popen preexec_fn making the child get SIGKILL when this process dies (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: no import or dlopen after fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _follow(path: Path, offset: int, proc: subprocess.Popen, poll: float = 0.05):
+    """Yield the complete lines appended to `path` after byte `offset` until `proc` has exited and all is read."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        pending = b""
+        while True:
+            chunk = f.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith(b"\n"):
+                    yield pending.decode("utf-8", errors="replace")
+                    pending = b""
+                continue
+            if proc.poll() is not None:
+                rest = f.read()
+                if rest:
+                    pending += rest
+                    continue
+                if pending:
+                    yield pending.decode("utf-8", errors="replace")
+                return
+            time.sleep(poll)
+
+
+def _handle(line: str, run: RunDir, state: _State, session_start: int, clock: dict, bar: Any) -> None:
+    event = metrics.parse_event(line)
+    if event is not None and event.kind == "saved":
+        state.saved = event
+    elif event is not None and event.kind == "loaded":
+        clock["offset"] = _resume_metrics(run, event.updates, session_start)
+    if state.nonfinite is None and (bad := metrics.parse_nonfinite(line)) is not None:
+        state.nonfinite = bad
+    entry = metrics.parse_line(line, clock["offset"] + time.monotonic() - clock["t0"])
+    if entry is not None:
+        with open(run.metrics, "a", encoding="utf-8") as f:
+            f.write(metrics.dumps(entry) + "\n")
+        bar.update(entry)
+
+
 def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: str,
-          dist: Distributed = Distributed(), console: Any = None, progress: bool = True) -> str:
+          dist: Distributed = Distributed(), console: Any = None, progress: bool = True,
+          verified: dict[Path, str] | None = None) -> str:
     """Run the engine for `run` and return the final status: done | failed | interrupted (also in meta.json).
 
-    The caller created/locked the run directory and wrote the snapshot (smx.rundir). Output goes to train.log,
-    metrics to metrics.jsonl, checkpoint hashes to checkpoints/SHA256SUMS.
+    The caller created/locked the run directory and wrote the snapshot (smx.rundir); `verified` maps the checkpoint
+    a resume loads to the sha256 the caller checked. Output goes to train.log, metrics to metrics.jsonl; the engine
+    records checkpoint hashes in checkpoints/SHA256SUMS.
     """
     from smx.progress import TrainProgress
 
     argv = fairseq_argv(recipe, run.path, data_dir, resume=resume, device=device, world_size=dist.world_size)
     cmd = engine_command(argv, dist)
     run.argv.write_text(shlex.join(cmd) + "\n")
-    state = _State()
+    _remove_partial_checkpoints(run)
+    extra = {checksums.VERIFY_ENV: checksums.verify_env_value(verified)} if verified else {}
+    state = _State(graceful=dist.world_size == 1)
     handlers = {}
-    in_main = _is_main_thread()
-    if in_main:
+    if _is_main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, lambda signum, frame: _forward(state, signum))
-    t0 = time.monotonic()
-    wall_offset = 0.0
+    clock = {"t0": time.monotonic(), "offset": 0.0}
     rc: int | None = None
     try:
-        with open(run.log, "a", encoding="utf-8") as log, TrainProgress(
-            recipe, console=console, enabled=progress
-        ) as bar:
-            log.write(f"# smx {now()}: {' '.join(cmd)}\n")
+        with open(run.log, "ab") as log, TrainProgress(recipe, console=console, enabled=progress) as bar:
+            log.write(f"# smx {now()}: {' '.join(cmd)}\n".encode())
             log.flush()
+            session_start = log.tell()
             state.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=engine_environment(recipe, device), text=True, errors="replace", bufsize=1,
-                start_new_session=True,
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=engine_environment(recipe, device, dist.world_size, extra), start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
-            assert state.proc.stdout is not None
-            for line in state.proc.stdout:
-                log.write(line)
-                log.flush()
-                event = metrics.parse_event(line)
-                if event is not None and event.kind == "saved":
-                    write_checksums(run.checkpoints)
-                elif event is not None and event.kind == "loaded":
-                    wall_offset = _truncate_metrics(run, event.updates)
-                entry = metrics.parse_line(line, wall_offset + time.monotonic() - t0)
-                if entry is not None:
-                    with open(run.metrics, "a", encoding="utf-8") as f:
-                        f.write(metrics.dumps(entry) + "\n")
-                    bar.update(entry)
+            for line in _follow(run.log, session_start, state.proc):
+                _handle(line, run, state, session_start, clock, bar)
             rc = state.proc.wait()
     except KeyboardInterrupt:  # not the main thread's handler: still stop the engine
         _forward(state, signal.SIGINT)
@@ -107,13 +174,44 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
         if state.proc is not None and state.proc.poll() is None:
             _kill_group(state.proc)
         if run.checkpoints.is_dir():
-            write_checksums(run.checkpoints)
+            prune_checksums(run.checkpoints)
+    return _finish(run, state, rc)
+
+
+def _finish(run: RunDir, state: _State, rc: int | None) -> str:
     status = "interrupted" if state.interrupts else ("done" if rc == 0 else "failed")
+    changes: dict[str, Any] = {}
+    if state.nonfinite is not None and not state.interrupts:
+        status = "failed"
+        changes["failure"] = nonfinite_failure(state.nonfinite, state.saved, run)
     final = metrics.read(run.metrics) if run.metrics.is_file() else []
     summary = {k: v for k, v in (("train", metrics.last(final, "train")), ("valid", metrics.last(final, "valid"))) if v}
-    update_meta(run, status=status, end=now(), exit_code=rc,
+    update_meta(run, status=status, end=now(), exit_code=rc, **changes,
                 last={split: {"step": e["step"], "loss": e["loss"]} for split, e in summary.items()})
     return status
+
+
+def nonfinite_failure(bad: dict, saved: metrics.CheckpointEvent | None, run: RunDir) -> dict:
+    """meta.json "failure" for a non-finite loss/gradient: what, where, and the last good checkpoint (one line)."""
+    update, split, what, value = bad.get("update"), bad.get("split", "train"), bad.get("what"), bad.get("value")
+    if what == "loss":
+        head = f"non-finite loss ({value})"
+    elif what == "gradients":
+        head = f"non-finite gradients (fairseq: {value})"
+    else:  # a bare FloatingPointError line of fairseq's
+        head = f"non-finite values (fairseq: {what})"
+    where = (f"in validation after update {update}" if split == "valid" else f"at update {update}") \
+        if update is not None else "in training"
+    if saved is not None:
+        kept = f"the last good checkpoint is {run.last_checkpoint} (update {saved.updates})"
+    elif run.last_checkpoint.is_file():
+        kept = f"the last good checkpoint is {run.last_checkpoint} (from before this session)"
+    else:
+        kept = "no checkpoint had been saved"
+    message = f"{head} {where}: training stopped, {kept}; run marked failed"
+    return {"reason": "non-finite", "update": update, "split": split, "what": bad.get("what"),
+            "value": bad.get("value"), "last_checkpoint_update": saved.updates if saved else None,
+            "message": message}
 
 
 def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool, device: str,
@@ -121,7 +219,8 @@ def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool
     """A node with --node-rank > 0: run its engine processes; the rank-0 node keeps the run directory's records."""
     (run_path / "checkpoints").mkdir(parents=True, exist_ok=True)
     argv = fairseq_argv(recipe, run_path, data_dir, resume=resume, device=device, world_size=dist.world_size)
-    proc = subprocess.Popen(engine_command(argv, dist), env=engine_environment(recipe, device), start_new_session=True)
+    proc = subprocess.Popen(engine_command(argv, dist), env=engine_environment(recipe, device, dist.world_size),
+                            start_new_session=True, preexec_fn=die_with_parent())
     state = _State(proc=proc)
     handlers = {}
     if _is_main_thread():
@@ -144,21 +243,34 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _truncate_metrics(run: RunDir, step: int) -> float:
-    """Resuming from a checkpoint at `step`: drop the metrics logged after it; return the wall clock reached."""
-    if not run.metrics.is_file():
-        return 0.0
-    kept, wall = [], 0.0
-    for raw in run.metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if entry.get("step", 0) <= step:
-            kept.append(raw)
-            wall = max(wall, float(entry.get("wall", 0.0)))
-    run.metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    return wall
+def _remove_partial_checkpoints(run: RunDir) -> None:
+    """`*.pt.tmp` / `SHA256SUMS.tmp` are writes a kill interrupted (the engine renames a file into place only once
+    complete)."""
+    if run.checkpoints.is_dir():
+        for tmp in [*run.checkpoints.glob("*.pt.tmp"), run.checkpoints / (checksums.SUMS_NAME + ".tmp")]:
+            tmp.unlink(missing_ok=True)
+
+
+def _resume_metrics(run: RunDir, step: int, session_start: int) -> float:
+    """Resuming from a checkpoint at `step`: keep the metrics up to it (recovering from the earlier sessions in
+    train.log those smx had not written when it was killed), drop the later ones; return the wall clock reached."""
+    kept: list[dict] = []
+    if run.metrics.is_file():
+        for raw in run.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(raw)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(entry, dict) and "step" in entry and "split" in entry and entry["step"] <= step:
+                kept.append(entry)
+    with open(run.log, "rb") as f:
+        earlier = f.read(session_start).decode("utf-8", errors="replace").splitlines()
+    recovered = metrics.recover(kept, earlier, step)
+    entries = sorted(kept + recovered, key=lambda e: e["step"])  # stable: logged order within a step
+    tmp = run.metrics.with_name(run.metrics.name + ".tmp")
+    tmp.write_text("".join(metrics.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    os.replace(tmp, run.metrics)
+    return max((float(e.get("wall", 0.0)) for e in entries), default=0.0)
 
 
 def _is_main_thread() -> bool:

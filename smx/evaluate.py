@@ -11,6 +11,10 @@ Scores (RUN/eval/bleu.json):
   compound-split variant (get_ende_bleu's `##AT##-##AT##` rule) is reported as well, as bleu_tok_compound_split.
 - sacrebleu: hypotheses detokenized with sacremoses (MosesDetokenizer of the target language), scored with
   sacreBLEU's defaults (13a tokenization) against the raw reference; its signature is stored alongside.
+
+Checkpoints are pickles (loading one runs code): every checkpoint file is checked against the sha256 smx recorded
+when it saved it (checkpoints/SHA256SUMS) before anything is written or unpickled, and the engine checks it again
+right before loading; a mismatch or a missing record is refused unless trust_checkpoint (--trust-checkpoint).
 """
 
 from __future__ import annotations
@@ -256,7 +260,8 @@ def eval_lm_argv(bin_dir: Path, checkpoint: Path, subset: str, tokens_per_sample
         "--sample-break-mode", sample_break_mode, "--context-window", str(context_window)]
 
 
-def run_engine(argv: list[str], log: Path, label: str, total: int | None = None, count_prefix: str = "H-") -> str:
+def run_engine(argv: list[str], log: Path, label: str, total: int | None = None, count_prefix: str = "H-",
+               extra_env: dict[str, str] | None = None) -> str:
     """Run an engine command, streaming stdout (progress: lines starting with count_prefix) into log.
 
     Returns stdout followed by stderr; raises UserError (last output line, log path) when the engine fails.
@@ -266,7 +271,7 @@ def run_engine(argv: list[str], log: Path, label: str, total: int | None = None,
 
     from smx.fairseq_plugin import env
 
-    environ = {**os.environ, **env.engine_env(), "LOGLEVEL": "INFO"}
+    environ = {**os.environ, **env.engine_env(), "LOGLEVEL": "INFO", **(extra_env or {})}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, encoding="utf-8", errors="replace", env=environ)
     err: list[str] = []
@@ -311,8 +316,15 @@ def _write_result(eval_dir: Path, kind: str, result: dict) -> Path:
     return eval_dir / f"{kind}.json"
 
 
+def verify_checkpoints(files: list[Path], trust: bool = False) -> dict[Path, str]:
+    """{file: sha256} after checking each against the run's SHA256SUMS (UserError unless `trust`)."""
+    from smx.rundir import verify_checkpoint
+
+    return {p: verify_checkpoint(p, trust) for p in files}
+
+
 def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: int | None = None,
-         lenpen: float | None = None, max_tokens: int | None = None) -> dict:
+         lenpen: float | None = None, max_tokens: int | None = None, trust_checkpoint: bool = False) -> dict:
     """Beam search over every sentence of the subset, then tokenized BLEU and sacreBLEU into RUN/eval/bleu.json.
 
     Defaults come from the recipe's eval section (beam 4, lenpen 0.6, subset test). Every input is checked before
@@ -328,6 +340,7 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     if beam < 1:
         raise UserError(f"--beam {beam}: must be >= 1")
     ckpts = checkpoint_files(run, checkpoint)
+    digests = verify_checkpoints(ckpts, trust_checkpoint)
     bin_dir = bin_dir_of(recipe, run)
     src, tgt = translation_pair(bin_dir, subset, recipe)
     n = idx_length(bin_dir / f"{subset}.{src}-{tgt}.{src}.idx")
@@ -341,9 +354,10 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     eval_dir = run / "eval"
     eval_dir.mkdir(exist_ok=True)
     start = time.time()
-    with model_checkpoint(checkpoint, ckpts) as ckpt:
+    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, verify_env):
         argv = generate_argv(bin_dir, ckpt, subset, src, tgt, beam, lenpen, max_tokens)
-        text = run_engine(argv, eval_dir / f"{subset}.generate.log", f"beam search ({subset})", total=n)
+        text = run_engine(argv, eval_dir / f"{subset}.generate.log", f"beam search ({subset})", total=n,
+                          extra_env=verify_env)
     hyps_tok = check_count(parse_generate(text), n)
     hyps_detok = detokenize(hyps_tok, ts.lang, ts.moses, ts.escape)
     scores = score_bleu(hyps_tok, refs_tok, hyps_detok, refs_raw, compound=ts.lang == "de")
@@ -365,7 +379,7 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
 
 
 def ppl(run: Path, checkpoint: str = "best", subset: str | None = None, max_tokens: int | None = None,
-        context_window: int = 0) -> dict:
+        context_window: int = 0, trust_checkpoint: bool = False) -> dict:
     """Perplexity of an LM run on the subset (fairseq eval_lm) into RUN/eval/ppl.json: base-2 loss, ppl, tokens."""
     run = Path(run)
     recipe = load_run_recipe(run)
@@ -377,14 +391,15 @@ def ppl(run: Path, checkpoint: str = "best", subset: str | None = None, max_toke
         raise UserError(f"--context-window {context_window}: must be >= 0 and < data.tokens_per_sample ({tps})")
     max_tokens = max(max_tokens, tps)
     ckpts = checkpoint_files(run, checkpoint)
+    digests = verify_checkpoints(ckpts, trust_checkpoint)
     bin_dir = bin_dir_of(recipe, run)
     idx_length(bin_dir / f"{subset}.idx")
     eval_dir = run / "eval"
     eval_dir.mkdir(exist_ok=True)
     start = time.time()
-    with model_checkpoint(checkpoint, ckpts) as ckpt:
+    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, verify_env):
         argv = eval_lm_argv(bin_dir, ckpt, subset, tps, recipe.data.sample_break_mode, context_window, max_tokens)
-        text = run_engine(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})")
+        text = run_engine(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})", extra_env=verify_env)
     result = {"run": str(run), "subset": subset, "checkpoint": checkpoint, "checkpoint_files": [str(p) for p in ckpts],
               **parse_eval_lm(text), "loss_base": 2, "tokens_per_sample": tps, "context_window": context_window,
               "max_tokens": max_tokens, "seconds": round(time.time() - start, 2), "argv": argv}
@@ -393,23 +408,34 @@ def ppl(run: Path, checkpoint: str = "best", subset: str | None = None, max_toke
 
 
 @contextlib.contextmanager
-def model_checkpoint(spec: str, files: list[Path]):
-    """The checkpoint file to evaluate: files[0], or for avg:N their average in a temporary directory."""
+def model_checkpoint(spec: str, files: list[Path], digests: dict[Path, str] | None = None):
+    """(checkpoint file to evaluate, engine environment that makes the engine re-check its sha256 before loading):
+    files[0], or for avg:N their average in a temporary directory."""
+    from smx.fairseq_plugin import checksums
+
+    digests = digests or {}
     if not spec.startswith("avg:"):
-        yield files[0]
+        yield files[0], _verify_env({files[0]: digests[files[0]]} if files[0] in digests else {})
         return
     with tempfile.TemporaryDirectory(prefix="smx-avg-") as tmp:
         out = Path(tmp) / "checkpoint_avg.pt"
-        average_checkpoints(files, out)
-        yield out
+        average_checkpoints(files, out, digests)
+        yield out, _verify_env({out: checksums.sha256_file(out)})
 
 
-def average_checkpoints(paths: list[Path], out: Path) -> None:
+def _verify_env(digests: dict[Path, str]) -> dict[str, str]:
+    from smx.fairseq_plugin import checksums
+
+    return {checksums.VERIFY_ENV: checksums.verify_env_value(digests)} if digests else {}
+
+
+def average_checkpoints(paths: list[Path], out: Path, digests: dict[Path, str] | None = None) -> None:
     """Average the model parameters of fairseq checkpoints in a subprocess (`python -m smx.evaluate average`)."""
     from smx.fairseq_plugin import env
 
     argv = [sys.executable, "-P", "-m", "smx.evaluate", "average", str(out), *map(str, paths)]
-    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env.engine_env()})
+    r = subprocess.run(argv, capture_output=True, text=True,
+                       env={**os.environ, **env.engine_env(), **_verify_env(digests or {})})
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"checkpoint averaging failed: {last}")
@@ -419,9 +445,12 @@ def _average_main(out: str, *inputs: str) -> None:
     """Mean of every floating-point tensor of state['model'] over the inputs; everything else from the newest."""
     import torch
 
+    from smx.fairseq_plugin.checksums import verify_expected
+
     total: dict = {}
     state = None
     for path in inputs:
+        verify_expected(path)  # the sha256 smx checked, right before unpickling
         state = torch.load(path, map_location="cpu", weights_only=False)
         for k, v in state["model"].items():
             if torch.is_floating_point(v):

@@ -4,10 +4,10 @@
     status = train(recipe, run, data_dir, resume=False, device="cpu")              # runs fairseq_cli.train
 
 The engine runs as a subprocess (`python -m fairseq_cli.train`, or torchrun with smx.engine_entry when more than
-one process), with the plugin's engine environment (smx.fairseq_plugin.env). Its output is teed to train.log and
-parsed into metrics.jsonl (smx.metrics); a rich progress bar follows it (smx.progress). Every checkpoint save seen
-in the log updates checkpoints/SHA256SUMS. SIGINT/SIGTERM are forwarded to the engine, which is awaited; meta.json
-then says done, failed or interrupted. fairseq is never imported here.
+one process), with the plugin's engine environment (smx.fairseq_plugin.env). Its output goes to train.log and is
+parsed into metrics.jsonl (smx.metrics); a rich progress bar follows it (smx.progress). The engine records every
+checkpoint's sha256 in checkpoints/SHA256SUMS as it saves it. SIGINT/SIGTERM make the engine save and stop; meta.json
+then says done, failed or interrupted (smx.engine_run). fairseq is never imported here.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smx.errors import UserError
+from smx.fairseq_plugin import checksums
 from smx.fairseq_plugin import env as engine
 from smx.recipes import Recipe
 from smx.rundir import RunDir
@@ -169,20 +170,25 @@ def engine_command(argv: list[str], dist: Distributed, python: str = sys.executa
             "--master-port", str(port), "-m", "smx.engine_entry", *argv]
 
 
-def engine_env_additions(recipe: Recipe, device: str) -> dict[str, str]:
-    """Environment variables smx sets for the engine (recorded in meta.json): the plugin's, plus CPU threads.
+def engine_env_additions(recipe: Recipe, device: str, world_size: int = 1) -> dict[str, str]:
+    """Environment variables smx sets for the engine (recorded in meta.json): the plugin's, CPU threads, and the
+    switches of smx.fairseq_plugin.guards: record every checkpoint's sha256 when it is saved, and (one process
+    only) save a checkpoint and stop on the first SIGINT.
 
     On CPU, train.cpu_threads (default 1) threads per process: small models gain little from more, and an
     oversubscribed machine (other jobs, several engine processes) slows down many times with them.
     """
-    env = {**engine.engine_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**engine.engine_env(), "PYTHONUNBUFFERED": "1", checksums.RECORD_ENV: "1"}
+    if world_size == 1:
+        env[engine.GRACEFUL_STOP_ENV] = "1"
     if device == "cpu" and recipe.train.cpu_threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(recipe.train.cpu_threads)
     return env
 
 
-def engine_environment(recipe: Recipe, device: str) -> dict[str, str]:
-    return {**os.environ, **engine_env_additions(recipe, device)}
+def engine_environment(recipe: Recipe, device: str, world_size: int = 1,
+                       extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, **engine_env_additions(recipe, device, world_size), **(extra or {})}
 
 
 def resolve_device(requested: str) -> str:
@@ -208,12 +214,13 @@ def check_engine() -> None:
 
 
 def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: str,
-          dist: Distributed = Distributed(), console: Any = None, progress: bool = True) -> str:
+          dist: Distributed = Distributed(), console: Any = None, progress: bool = True,
+          verified: dict[Path, str] | None = None) -> str:
     """Run the engine for `run`; returns done | failed | interrupted (see smx.engine_run.train)."""
     from smx.engine_run import train as run_engine
 
     return run_engine(recipe, run, data_dir, resume=resume, device=device, dist=dist, console=console,
-                      progress=progress)
+                      progress=progress, verified=verified)
 
 
 def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool, device: str,

@@ -25,6 +25,8 @@ from typing import Any, Iterable
 _LINE_RE = re.compile(r"^\S+ \S+ \| (?P<level>[A-Z]+) \| (?P<tag>[\w.\-]+) \| (?P<msg>\{.*\})\s*$")
 _SAVED_RE = re.compile(r"Saved checkpoint (?P<path>\S+) \(epoch (?P<epoch>\d+) @ (?P<updates>\d+) updates")
 _LOADED_RE = re.compile(r"Loaded checkpoint (?P<path>\S+) \(epoch (?P<epoch>\d+) @ (?P<updates>\d+) updates\)")
+_NONFINITE_RE = re.compile(r"SMX_NONFINITE (?P<json>\{.*\})")
+_FP_ERROR_RE = re.compile(r"^FloatingPointError: (?P<what>.+)$")
 _DROP = {"update", "num_updates", "epoch"}
 
 
@@ -95,6 +97,43 @@ def parse_event(line: str) -> CheckpointEvent | None:
     return None
 
 
+def parse_nonfinite(line: str) -> dict | None:
+    """The engine's `SMX_NONFINITE {"update", "split", "what", "value"}` line (smx.fairseq_plugin.guards), or a bare
+    `FloatingPointError: ...` traceback line (fairseq's own NaN handling) as {"what": ..., "update": None}."""
+    m = _NONFINITE_RE.search(line)
+    if m is not None:
+        try:
+            data = json.loads(m.group("json"))
+        except json.JSONDecodeError:
+            return None
+        return data if isinstance(data, dict) else None
+    m = _FP_ERROR_RE.match(line.strip())
+    if m is not None:
+        return {"update": None, "split": "train", "what": m.group("what").strip(), "value": None}
+    return None
+
+
+def entry_key(entry: dict) -> tuple:
+    """What makes an entry unique in metrics.jsonl (a resumed run logs the same key again)."""
+    return entry["split"], entry.get("subset"), bool(entry.get("epoch_end")), entry["step"]
+
+
+def recover(kept: list[dict], log_lines: Iterable[str], step: int) -> list[dict]:
+    """Entries up to update `step` that earlier engine sessions wrote to train.log but metrics.jsonl lacks.
+
+    That happens when smx was killed (kill -9) after the engine had logged a line and saved the checkpoint the run
+    now resumes from, but before smx had read the line. The latest logged occurrence of each entry wins (as in
+    read()); recovered entries get "recovered": true and the largest wall among the kept entries (a lower bound).
+    """
+    have = {entry_key(e) for e in kept}
+    latest: dict[tuple, dict] = {}
+    for e in parse_log(log_lines):
+        if e["step"] <= step:
+            latest[entry_key(e)] = e
+    wall = max((float(e.get("wall", 0.0)) for e in kept), default=0.0)
+    return [{**e, "wall": round(wall, 3), "recovered": True} for k, e in latest.items() if k not in have]
+
+
 def parse_log(lines: Iterable[str], wall: float = 0.0) -> list[dict]:
     """Every metrics entry in a whole log (e.g. train.log), all with the same `wall`."""
     return [e for e in (parse_line(line, wall) for line in lines) if e is not None]
@@ -121,7 +160,7 @@ def read(path: str | Path, split: str | None = None, epoch_end: bool = False) ->
             continue
         if entry.get("epoch_end") and not epoch_end:
             continue
-        key = (entry["split"], entry.get("subset"), bool(entry.get("epoch_end")), entry["step"])
+        key = entry_key(entry)
         latest.pop(key, None)
         latest[key] = entry
     return sorted(latest.values(), key=lambda e: (e["step"], e["split"]))

@@ -5,12 +5,16 @@
       tb/  checkpoints/{checkpoint_last.pt, checkpoint_best.pt, SHA256SUMS}  eval/  run.lock (while training)
 
 A run directory is never overwritten: create() refuses an existing path, resume() needs checkpoints/checkpoint_last.pt,
-and a lock (pid + host) refuses a second writer; a lock left by a dead process on this host is taken over.
+and a lock (pid + host + process start time) refuses a second writer; a lock left by a dead process on this host (or
+by a process whose pid has since been reused) is taken over.
+
+Checkpoint hashes: the engine records each checkpoint's sha256 in checkpoints/SHA256SUMS when it saves it
+(smx.fairseq_plugin.guards); verify_checkpoint() refuses, before anything unpickles it, a checkpoint whose hash does
+not match or was never recorded, unless the user trusts it (--trust-checkpoint).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -25,10 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from smx.errors import UserError
+from smx.fairseq_plugin import checksums
 from smx.recipes import Recipe, dump
 
 LOCK_NAME = "run.lock"
-SUMS_NAME = "SHA256SUMS"
+SUMS_NAME = checksums.SUMS_NAME
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> int | None:
+    """Start time of process `pid` in clock ticks since boot (Linux /proc), or None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22 (starttime); fields 1-2 end at the last ')'
+    except (IndexError, ValueError):
+        return None
+
+
+def _owner_alive(pid: int, started: Any) -> bool:
+    """Is the lock's owner still running? A live pid with another start time is a reused pid: the owner is gone."""
+    if pid <= 0 or not _alive(pid):
+        return False
+    now_started = process_start(pid)
+    return not (isinstance(started, int) and now_started is not None and now_started != started)
+
+
 class Lock:
-    """An exclusive lock file `run.lock` holding {"pid", "host", "since"}; use as a context manager."""
+    """An exclusive lock file `run.lock` holding {"pid", "host", "since", "started"} (started: the owner's process
+    start time, which tells a dead owner from a live process that got its pid); use as a context manager."""
 
     def __init__(self, path: Path, warn: Callable[[str], None] | None = None):
         self.path = Path(path)
@@ -130,7 +156,8 @@ class Lock:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, f)
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
+                       "started": process_start(os.getpid())}, f)
         return True
 
     def acquire(self) -> "Lock":
@@ -140,19 +167,16 @@ class Lock:
                 return self
             try:
                 owner = json.loads(self.path.read_text())
-                pid, host = int(owner["pid"]), str(owner["host"])
+                pid, host, started = int(owner["pid"]), str(owner["host"]), owner.get("started")
             except FileNotFoundError:
                 continue  # released meanwhile: retry
             except (ValueError, KeyError, TypeError):
                 if time.time() - self.path.stat().st_mtime < 10:  # being written right now
                     time.sleep(0.5)
                     continue
-                pid, host = -1, socket.gethostname()
-            if host != socket.gethostname() or (pid > 0 and _alive(pid)):
-                raise UserError(
-                    f"{self.path.parent} is in use by pid {pid} on host {host} (lock {self.path}); if that process "
-                    "is gone, delete the lock file"
-                )
+                pid, host, started = -1, socket.gethostname(), None
+            if host != socket.gethostname() or _owner_alive(pid, started):
+                raise self._in_use(pid, host)
             stale = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
             try:
                 os.rename(self.path, stale)  # atomic: only one taker wins
@@ -161,6 +185,20 @@ class Lock:
             stale.unlink(missing_ok=True)
             self.warn(f"took over the stale lock of dead process {pid} on {host} ({self.path})")
         raise UserError(f"could not lock {self.path.parent}: another process keeps taking the lock")
+
+    def check_free(self) -> None:
+        """Raise UserError when a live process holds the lock (read-only: takes nothing, removes nothing)."""
+        try:
+            owner = json.loads(self.path.read_text())
+            pid, host, started = int(owner["pid"]), str(owner["host"]), owner.get("started")
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return
+        if host != socket.gethostname() or _owner_alive(pid, started):
+            raise self._in_use(pid, host)
+
+    def _in_use(self, pid: int, host: str) -> UserError:
+        return UserError(f"{self.path.parent} is in use by pid {pid} on host {host} (lock {self.path}); if that "
+                         "process is gone, delete the lock file")
 
     def release(self) -> None:
         if self.held:
@@ -220,7 +258,10 @@ def read_meta(run: RunDir) -> dict:
 def write_meta(run: RunDir, meta: dict) -> None:
     """Atomic replace of meta.json."""
     tmp = run.meta.with_name("meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(meta, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, run.meta)
 
 
@@ -232,8 +273,12 @@ def update_meta(run: RunDir, **changes: Any) -> dict:
 
 
 def snapshot(run: RunDir, recipe: Recipe, orig_text: str | None, argv: Sequence[str], resumed: bool = False,
-             extra: dict | None = None) -> dict:
-    """Write recipe.yaml (resolved), recipe.orig.yaml (first time only) and meta.json (status running)."""
+             extra: dict | None = None, resume_info: dict | None = None) -> dict:
+    """Write recipe.yaml (resolved), recipe.orig.yaml (first time only) and meta.json (status running).
+
+    A resume appends {start, argv, previous_status, **resume_info} to meta["resumes"]; a previous status "running"
+    (the last writer died without a word) also counts in meta["crashes"].
+    """
     run.recipe.write_text(dump(recipe))
     if orig_text is not None and not run.recipe_orig.exists():
         run.recipe_orig.write_text(orig_text)
@@ -244,7 +289,13 @@ def snapshot(run: RunDir, recipe: Recipe, orig_text: str | None, argv: Sequence[
         "argv": list(argv), "end": None, **(extra or {}),
     }
     if resumed:
-        meta.setdefault("resumes", []).append({"start": started, "argv": list(argv)})
+        previous = meta.get("status")
+        failure = meta.pop("failure", None)  # the last session's; this one has not failed (yet)
+        meta.setdefault("resumes", []).append({"start": started, "argv": list(argv), "previous_status": previous,
+                                               **({"previous_failure": failure} if failure else {}),
+                                               **(resume_info or {})})
+        if previous == "running":  # the writer before us died without a word (kill -9, power loss)
+            meta["crashes"] = meta.get("crashes", 0) + 1
         meta.update(common)
     else:
         meta = {
@@ -259,24 +310,22 @@ def snapshot(run: RunDir, recipe: Recipe, orig_text: str | None, argv: Sequence[
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return checksums.sha256_file(path, chunk)
 
 
 def write_checksums(checkpoints: Path) -> dict[str, str]:
-    """Hash every *.pt in `checkpoints` into SHA256SUMS (`sha256sum -c` format); returns {file name: hex}."""
+    """Hash every *.pt in `checkpoints` into SHA256SUMS (`sha256sum -c` format); returns {file name: hex}.
+
+    This trusts whatever is in the directory now: smx itself never calls it on a run (the engine records each
+    checkpoint when it writes it); it is for adopting checkpoints made elsewhere.
+    """
     sums: dict[str, str] = {}
     for pt in sorted(checkpoints.glob("*.pt")):
         try:
             sums[pt.name] = sha256(pt)
-        except FileNotFoundError:  # removed by the engine meanwhile (an old interval checkpoint)
+        except FileNotFoundError:  # removed meanwhile
             continue
-    tmp = checkpoints / (SUMS_NAME + ".tmp")
-    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
-    os.replace(tmp, checkpoints / SUMS_NAME)
+    checksums.write_sums(checkpoints, {name: [digest] for name, digest in sums.items()})
     return sums
 
 
@@ -286,11 +335,35 @@ def verify_checksums(checkpoints: Path) -> list[str]:
     if not sums_file.is_file():
         return [f"{sums_file}: missing"]
     problems = []
-    for line in sums_file.read_text().splitlines():
-        digest, _, name = line.partition("  ")
+    for name, digests in checksums.read_sums(checkpoints).items():
         pt = checkpoints / name
         if not pt.is_file():
             problems.append(f"{name}: missing")
-        elif sha256(pt) != digest:
+        elif sha256(pt) not in digests:
             problems.append(f"{name}: sha256 mismatch")
     return problems
+
+
+def prune_checksums(checkpoints: Path) -> None:
+    """Drop the SHA256SUMS lines of checkpoints that no longer exist (never adds a hash)."""
+    if (checkpoints / SUMS_NAME).is_file():
+        checksums.prune(checkpoints)
+
+
+TRUST_HINT = ("checkpoints are pickles and loading one runs code; if you trust this file, pass --trust-checkpoint")
+
+
+def verify_checkpoint(path: Path, trust: bool = False, warn: Callable[[str], None] | None = None) -> str:
+    """The sha256 of checkpoint `path` after checking it against the SHA256SUMS smx wrote when it saved it.
+
+    Raises UserError (before anything unpickles the file) when the hash does not match or was never recorded,
+    unless `trust`; then `warn` is told what was accepted.
+    """
+    problem, digest = checksums.check(path)
+    if problem is None:
+        return digest
+    if not trust:
+        raise UserError(f"refusing to load {problem}; {TRUST_HINT}")
+    (warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr)))(
+        f"{problem}; loading it anyway (--trust-checkpoint)")
+    return digest

@@ -3,12 +3,15 @@
     status = run(TrainRequest(recipe_path=Path("recipes/tiny.yaml"), overrides=("seed=2",)))
 
 All user input is checked in plan() before anything is written: a bad recipe, an existing run directory, a missing
-checkpoint to resume from, an unknown dataset, a missing GPU or engine each raise one UserError and leave the disk
-untouched. Then the dataset is prepared if it is not (data_prep.prepare, the code behind `smx data prep`).
+checkpoint to resume from (or one whose sha256 does not match the one recorded when it was saved: checkpoints are
+pickles, see smx.rundir.verify_checkpoint), a data directory of the wrong task or from an unfinished prep, an unknown
+dataset, a missing GPU or engine each raise one UserError and leave the disk untouched. Then the dataset is prepared
+if it is not (data_prep.prepare, the code behind `smx data prep`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +40,7 @@ class TrainRequest:
     dist: Distributed = field(default_factory=Distributed)
     progress: bool = True
     argv: tuple[str, ...] = ()
+    trust_checkpoint: bool = False  # resume from a checkpoint whose sha256 is not the recorded one
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Plan:
     orig_text: str | None  # the recipe file as written (new runs)
     device: str  # cpu | cuda
     notes: tuple[str, ...]
+    checkpoint_sha256: str | None = None  # resume: the verified (or trusted) sha256 of checkpoint_last.pt
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -83,6 +88,7 @@ def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path]:
     if not path.exists() and (req.runs_root / path).exists():
         path = req.runs_root / path
     run = rundir.check_resume(path)
+    rundir.Lock(run.lock).check_free()  # a second writer is refused before anything else is said about the run
     saved = loads(run.recipe.read_text(encoding="utf-8"), source=str(run.recipe))
     if req.recipe_path is not None:
         recipe = load(req.recipe_path, _overrides(req), estimator=req.estimator, notes=notes)
@@ -96,6 +102,33 @@ def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path]:
             f"{', '.join(RESUMABLE)} may change); start a new run instead"
         )
     return recipe, path
+
+
+def check_data_dir(task: str, bin_dir: Path) -> None:
+    """data.dir must hold binarized data of the recipe's task, from a finished prep (UserError otherwise)."""
+    if not bin_dir.is_dir():
+        raise UserError(f"data.dir: {bin_dir} is not a directory")
+    dicts = sorted(p.name for p in bin_dir.glob("dict*.txt"))
+    if not dicts:
+        raise UserError(f"data.dir: {bin_dir} holds no fairseq dictionary (dict*.txt); point it at a binarized "
+                        "directory (e.g. data/<dataset>/bin)")
+    translation = any(p.name.count(".") == 3 and "-" in p.name.split(".")[1] for p in bin_dir.glob("train.*.idx"))
+    lm = (bin_dir / "dict.txt").is_file() and (bin_dir / "train.idx").is_file()
+    if task == "translation" and not translation:
+        kind = "language-modeling data (dict.txt, train.idx)" if lm else "no train.<src>-<tgt>.<lang>.idx files"
+        raise UserError(f"data.dir: {bin_dir} holds {kind}, but task is translation")
+    if task == "language_modeling" and not lm:
+        kind = "translation data (train.<src>-<tgt>.*)" if translation else "no dict.txt + train.idx"
+        raise UserError(f"data.dir: {bin_dir} holds {kind}, but task is language_modeling")
+    manifest = bin_dir.parent / "manifest.json"
+    if manifest.is_file():  # a data_prep output: it must be finished
+        try:
+            complete = json.loads(manifest.read_text(encoding="utf-8")).get("complete") is True
+        except (OSError, ValueError, AttributeError):
+            complete = False
+        if not complete:
+            raise UserError(f"data.dir: {bin_dir} belongs to an unfinished prep ({manifest} is not complete); "
+                            f"finish it with smx data prep {bin_dir.parent.name} --out {bin_dir.parent.parent}")
 
 
 def plan(req: TrainRequest) -> Plan:
@@ -116,14 +149,12 @@ def plan(req: TrainRequest) -> Plan:
     if recipe.train.fp16 is True and device != "cuda":
         raise UserError("train.fp16: true needs a GPU, but none is visible (use fp16: auto)")
     if recipe.data.dir is not None:
-        bin_dir = Path(recipe.data.dir)
-        if not bin_dir.is_dir():
-            raise UserError(f"data.dir: {bin_dir} is not a directory")
-        if not any(bin_dir.glob("dict*.txt")):
-            raise UserError(f"data.dir: {bin_dir} holds no fairseq dictionary (dict*.txt); point it at a binarized "
-                            "directory (e.g. data/<dataset>/bin)")
+        check_data_dir(recipe.task, Path(recipe.data.dir))
     launch.check_engine()
-    return Plan(recipe, path, req.resume is not None, orig, device, tuple(notes))
+    digest = None
+    if req.resume is not None:  # last: hashing a large checkpoint takes a moment
+        digest = rundir.verify_checkpoint(rundir.RunDir(path).last_checkpoint, req.trust_checkpoint, notes.append)
+    return Plan(recipe, path, req.resume is not None, orig, device, tuple(notes), digest)
 
 
 def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = True) -> Path:
@@ -168,17 +199,28 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
         return launch.train_worker(p.recipe, p.run_path, data, resume=p.resume, device=p.device, dist=req.dist)
     run_dir = rundir.RunDir(p.run_path) if p.resume else rundir.create(p.run_path)
     with rundir.Lock(run_dir.lock, warn=warn):
+        verified = None
         if p.resume:  # a resume may have been started concurrently: re-check under the lock
             rundir.check_resume(run_dir.path)
+            digest = rundir.verify_checkpoint(run_dir.last_checkpoint, req.trust_checkpoint, lambda msg: None)
+            verified = {run_dir.last_checkpoint: digest}  # the engine checks it again right before unpickling
         extra = {"device": p.device, "world_size": req.dist.world_size,
-                 "engine_env": launch.engine_env_additions(p.recipe, p.device)}
-        rundir.snapshot(run_dir, p.recipe, p.orig_text, req.argv, resumed=p.resume, extra=extra)
+                 "engine_env": launch.engine_env_additions(p.recipe, p.device, req.dist.world_size)}
+        info = {"checkpoint_sha256": p.checkpoint_sha256, "trusted": req.trust_checkpoint} if p.resume else None
+        rundir.snapshot(run_dir, p.recipe, p.orig_text, req.argv, resumed=p.resume, extra=extra, resume_info=info)
         console.print(f"run directory: {run_dir.path}", highlight=False)
         status = launch.train(p.recipe, run_dir, data, resume=p.resume, device=p.device, dist=req.dist,
-                              console=console, progress=req.progress)
-    if status == "failed":
+                              console=console, progress=req.progress, verified=verified)
+    failure = rundir.read_meta(run_dir).get("failure") if status == "failed" else None
+    if failure and failure.get("message"):
+        console.print(f"error: {failure['message']} (log: {run_dir.log})", style="red", highlight=False,
+                      markup=False, soft_wrap=True)
+    elif status == "failed":
         console.print(f"training failed; last lines of {run_dir.log}:", style="red", highlight=False, markup=False)
         console.print(_tail(run_dir.log), highlight=False, markup=False)
+    elif status == "interrupted":
+        console.print(f"training interrupted: {run_dir.path} (continue with: smx train --resume {run_dir.path})",
+                      highlight=False, markup=False, soft_wrap=True)
     else:
         console.print(f"training {status}: {run_dir.path}", highlight=False)
     return status

@@ -11,6 +11,8 @@ from rich.console import Console
 app = typer.Typer(no_args_is_help=True, help="Evaluate a run: BLEU (translation) or perplexity (language modeling).")
 
 CHECKPOINT_HELP = "best, last, or avg:N (mean of the N newest numbered checkpoints)."
+TRUST_HELP = ("Load the checkpoint even if its sha256 is not the one recorded when smx saved it (checkpoints are "
+              "pickles: loading one runs code).")
 
 
 @app.command("bleu")
@@ -21,11 +23,13 @@ def bleu(
     beam: Optional[int] = typer.Option(None, help="Beam size (default: the recipe's eval.beam, 4)."),
     lenpen: Optional[float] = typer.Option(None, help="Length penalty (default: the recipe's eval.lenpen, 0.6)."),
     max_tokens: Optional[int] = typer.Option(None, help="Tokens per batch (default: the recipe's eval.max_tokens)."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
 ) -> None:
     """Beam search on every sentence of the subset; tokenized BLEU and sacreBLEU into RUN/eval/bleu.json."""
     from smx import evaluate
 
-    r = evaluate.bleu(run, checkpoint=checkpoint, subset=subset, beam=beam, lenpen=lenpen, max_tokens=max_tokens)
+    r = evaluate.bleu(run, checkpoint=checkpoint, subset=subset, beam=beam, lenpen=lenpen, max_tokens=max_tokens,
+                      trust_checkpoint=trust_checkpoint)
     console = Console(highlight=False)
     console.print(f"{r['subset']}: {r['n_sentences']} sentences, checkpoint {r['checkpoint']}, beam {r['beam']}, "
                   f"lenpen {r['lenpen']}", markup=False)
@@ -43,11 +47,13 @@ def ppl(
     subset: Optional[str] = typer.Option(None, help="valid or test (default: the recipe's eval.subset, test)."),
     max_tokens: Optional[int] = typer.Option(None, help="Tokens per batch (default: the recipe's eval.max_tokens)."),
     context_window: int = typer.Option(0, help="fairseq eval_lm --context-window (0: score blocks independently)."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
 ) -> None:
     """Perplexity of an LM run (fairseq eval_lm) into RUN/eval/ppl.json: base-2 loss per token, ppl, tokens."""
     from smx import evaluate
 
-    r = evaluate.ppl(run, checkpoint=checkpoint, subset=subset, max_tokens=max_tokens, context_window=context_window)
+    r = evaluate.ppl(run, checkpoint=checkpoint, subset=subset, max_tokens=max_tokens, context_window=context_window,
+                     trust_checkpoint=trust_checkpoint)
     console = Console(highlight=False)
     console.print(f"{r['subset']}: {r['tokens']} tokens, checkpoint {r['checkpoint']}: loss {r['loss']:.4f} "
                   f"(base 2), ppl {r['ppl']:.2f}", markup=False)

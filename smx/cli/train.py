@@ -1,5 +1,6 @@
 """`smx train RECIPE [--set a.b=v] [--estimator NAME] [--seed N] [--runs-root DIR | --run-dir DIR] [--resume RUN]
-[--nproc-per-node N --nnodes N --node-rank R --master-addr A --master-port P] [--device auto|cpu|cuda]`."""
+[--nproc-per-node N --nnodes N --node-rank R --master-addr A --master-port P] [--device auto|cpu|cuda]
+[--trust-checkpoint]`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _command_line(params: dict) -> list[str]:
         return ["smx", *sys.argv[1:]]
     out = ["smx", "train"] + ([str(params["recipe"])] if params.get("recipe") else [])
     defaults = {"runs_root": Path("runs"), "nproc_per_node": 1, "nnodes": 1, "node_rank": 0,
-                "master_addr": "127.0.0.1", "no_progress": False}
+                "master_addr": "127.0.0.1", "no_progress": False, "trust_checkpoint": False}
     for name, value in params.items():
         if name == "recipe" or value is None or value == [] or defaults.get(name, object()) == value:
             continue
@@ -56,6 +57,10 @@ def train(
     master_port: Optional[int] = typer.Option(None, "--master-port", help="rendezvous port (default: a free one)"),
     device: Optional[Device] = typer.Option(None, "--device", help="overrides train.device", case_sensitive=False),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint",
+        help="--resume even from a checkpoint whose sha256 is not the one recorded when smx saved it (checkpoints "
+             "are pickles: loading one runs code)"),
 ) -> int:
     """Train a Switch Transformer MoE per RECIPE into a new run directory (or resume one)."""
     argv = _command_line(dict(locals()))  # first: only the parameters are local yet
@@ -66,7 +71,7 @@ def train(
     req = TrainRequest(
         recipe_path=recipe, overrides=tuple(set_), estimator=estimator, seed=seed, runs_root=runs_root,
         run_dir=run_dir, resume=resume, device=device.value if device else None, dist=dist,
-        progress=not no_progress, argv=tuple(argv),
+        progress=not no_progress, argv=tuple(argv), trust_checkpoint=trust_checkpoint,
     )
     status = run(req, console=Console(stderr=True, soft_wrap=True))
     code = EXIT[status]

@@ -14,6 +14,9 @@ Logged (fairseq metrics; every value averaged over the logging interval, weighte
   moe_objective         the full training objective above per sample_size unit, base 2 (loss + aux / ln 2)
   moe_balance, moe_zloss, moe_dropped, moe_entropy, moe_unused   means over the MoE layers
   moe_load_{enc|dec}{L}_e{i}   fraction of layer L's routed assignments sent to expert i
+
+A NaN or infinite loss (training or validation) stops the engine with one `SMX_NONFINITE` log line naming the update
+(smx.fairseq_plugin.guards.checked_loss), before the update is applied.
 """
 
 import math
@@ -31,6 +34,7 @@ from fairseq.logging import metrics
 from fairseq.utils import item
 
 from smx.fairseq_plugin.env import LM_CRITERION, TRANSLATION_CRITERION
+from smx.fairseq_plugin.guards import checked_loss
 
 PREFIX = "moe_"
 
@@ -111,6 +115,7 @@ class MoECriterionMixin:
                                          + self.moe_zloss_weight * terms["zloss"])
             logging_output.update(moe_logging(aux, terms, sample_size))
             logging_output[PREFIX + "objective"] = loss.data
+        loss = checked_loss(self, loss)  # NaN/inf: report + NonFiniteLoss before any backward (guards.py)
         return loss, sample_size, logging_output
 
     @classmethod

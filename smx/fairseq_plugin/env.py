@@ -22,6 +22,11 @@ from pathlib import Path
 # Environment additions for every engine process (train, validate, generate, eval-lm).
 ENGINE_ENV: dict[str, str] = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
+# Switches of smx.fairseq_plugin.guards: "1" = save a checkpoint and stop on the first SIGINT (one-process training);
+# N = make the training loss of update N NaN (tests of the non-finite guard only).
+GRACEFUL_STOP_ENV = "SMX_GRACEFUL_STOP"
+NONFINITE_TEST_ENV = "SMX_TEST_NONFINITE_AT"
+
 # Extra argv for fairseq_cli.generate / validate / eval_lm: keep the last, partial batch.
 EVAL_ARGS: tuple[str, ...] = ("--required-batch-size-multiple", "1")
 

@@ -3,5 +3,7 @@ module cache). fairseq reaches it through the --user-dir import (see __init__.py
 
 from smx.fairseq_plugin import criteria, lm, translation  # noqa: F401  (register_* decorators run on import)
 from smx.fairseq_plugin.engine import warn_if_weights_only_load
+from smx.fairseq_plugin.guards import install as install_guards
 
 warn_if_weights_only_load()
+install_guards()  # checkpoint hashes, hash checks before loading, non-finite loss guard, graceful SIGINT

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from smx.rundir import write_checksums
+
 from eval_helpers import HYPS_TOK, REFS_RAW, REFS_TOK, generate_output, write_idx, write_lines  # noqa: F401
 
 
@@ -28,4 +30,5 @@ def fake_run(tmp_path: Path) -> Path:
         "train": {"max_update": 10}, "eval": {"beam": 5, "lenpen": 1.0}}))
     (run / "meta.json").write_text('{"name": "t-sparsemixer-s1", "status": "done"}')
     (run / "checkpoints" / "checkpoint_best.pt").write_bytes(b"placeholder")
+    write_checksums(run / "checkpoints")  # as if smx had saved it (eval refuses checkpoints without a recorded hash)
     return run

@@ -10,6 +10,7 @@ import pytest
 import smx.evaluate as ev
 from smx.cli import run as cli
 from smx.evaluate import checkpoint_files, detokenize, score_bleu
+from smx.rundir import write_checksums
 
 from eval_helpers import HYPS_TOK, REFS_RAW, REFS_TOK, generate_output
 
@@ -18,7 +19,7 @@ from eval_helpers import HYPS_TOK, REFS_RAW, REFS_TOK, generate_output
 def fake_engine(monkeypatch):
     calls = []
 
-    def fake(argv, log, label, total=None, count_prefix="H-", order=(5, 2, 7, 0, 1, 3, 6, 4)):
+    def fake(argv, log, label, total=None, count_prefix="H-", order=(5, 2, 7, 0, 1, 3, 6, 4), extra_env=None):
         calls.append({"argv": argv, "total": total})
         log.write_text("fake engine\n")
         return generate_output(HYPS_TOK, [i for i in order if i < total])
@@ -63,7 +64,7 @@ def test_eval_bleu_options_override_recipe(fake_run, fake_engine):
 
 def test_eval_bleu_missing_hypothesis_is_an_error(fake_run, monkeypatch, capsys):
     text = generate_output(HYPS_TOK, [0, 1, 2, 4, 5, 6, 7])
-    monkeypatch.setattr(ev, "run_engine", lambda argv, log, label, total=None: text)
+    monkeypatch.setattr(ev, "run_engine", lambda argv, log, label, total=None, **kw: text)
     assert cli(["eval", "bleu", str(fake_run)]) == 2
     assert "7 hypotheses for 8 source sentences; missing ids [3]" in capsys.readouterr().err
     assert not (fake_run / "eval" / "bleu.json").exists()
@@ -143,13 +144,14 @@ def test_eval_ppl_lm_run(tmp_path, monkeypatch, capsys):
     run = tmp_path / "lm-run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint_last.pt").write_bytes(b"x")
+    write_checksums(run / "checkpoints")
     (run / "recipe.yaml").write_text(yaml.safe_dump({
         "name": "lm", "task": "language_modeling", "data": {"dataset": "synthetic-lm", "root": str(tmp_path / "data"),
                                                             "tokens_per_sample": 64},
         "model": {"arch": "tiny"}, "moe": {"decoder_layers": [0]}, "train": {"max_update": 10}}))
     calls = []
 
-    def fake(argv, log, label, total=None):
+    def fake(argv, log, label, total=None, extra_env=None):
         calls.append(argv)
         return ("x | INFO | fairseq_cli.eval_lm | Evaluated 1,024 tokens in 0.5s (2048.00 tokens/s)\n"
                 "x | INFO | fairseq_cli.eval_lm | Loss (base 2): 3.0000, Perplexity: 8.00\n")

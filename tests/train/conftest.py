@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 def data_root(tmp_path_factory) -> Path:
     import data_prep
 
-    root = tmp_path_factory.mktemp("data")
+    root = tmp_path_factory.getbasetemp() / "shared-data"  # as tests/reliability: prepared once
+    root.mkdir(exist_ok=True)
     for name in ("synthetic-mt", "synthetic-lm"):
         data_prep.prepare(name, root=root, progress=False)
         assert data_prep.is_prepared(name, root)

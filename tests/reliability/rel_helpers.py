@@ -1,0 +1,148 @@
+"""Helpers of the reliability tests: directory-tree snapshots, fake run directories, smx as a subprocess."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "recipes" / "tiny.yaml"
+TINY_LM = REPO / "recipes" / "tiny_lm.yaml"
+# metrics.jsonl fields that measure time, not training: excluded when runs are compared
+WALL_CLOCK = frozenset({"wall", "engine_wall", "wps", "ups", "train_wall"})
+
+
+# ------------------------------------------------------------------------------------------------ tree snapshots
+def tree_state(*roots: Path) -> dict[str, tuple]:
+    """Everything below each root: files -> ("f", size, mtime_ns, sha256), directories -> ("d", mtime_ns),
+    symlinks -> ("l", target). The roots themselves are not included (only what is inside them)."""
+    state: dict[str, tuple] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            state[str(root)] = ("missing",)
+            continue
+        for p in sorted(root.rglob("*")):
+            st = p.lstat()
+            if p.is_symlink():
+                state[str(p)] = ("l", os.readlink(p))
+            elif p.is_dir():
+                state[str(p)] = ("d", st.st_mtime_ns)
+            else:
+                state[str(p)] = ("f", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return state
+
+
+def diff_states(before: dict, after: dict) -> list[str]:
+    out = [f"created {k}" for k in after.keys() - before.keys()]
+    out += [f"removed {k}" for k in before.keys() - after.keys()]
+    out += [f"changed {k}: {before[k]} -> {after[k]}" for k in before.keys() & after.keys() if before[k] != after[k]]
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------------------------------- fake inputs
+def write_gz(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(path, "wb", mtime=0) as f:
+        f.write(text.encode("utf-8"))
+    return path
+
+
+def multi30k_source(dest: Path, counts: dict[str, int] | None = None) -> Path:
+    """A Multi30k --source directory ({train,val,test_2016_flickr}.{en,de}.gz) with `counts` lines per split."""
+    counts = counts or {"train": 30, "val": 6, "test_2016_flickr": 5}
+    for stem, n in counts.items():
+        write_gz(dest / f"{stem}.en.gz", "".join(f"A dog number {i} runs across the grass.\n" for i in range(n)))
+        write_gz(dest / f"{stem}.de.gz", "".join(f"Ein Hund Nummer {i} läuft über das Gras.\n" for i in range(n)))
+    return dest
+
+
+def fake_run(path: Path, recipe_path: Path, overrides: list[str], *, checkpoints: tuple[str, ...] = ("best", "last"),
+             sums: bool = True, status: str = "done") -> Path:
+    """A finished-looking run directory: recipe.yaml, meta.json, metrics.jsonl, checkpoints (+ SHA256SUMS)."""
+    from smx import recipes, rundir
+
+    recipe = recipes.load(recipe_path, overrides)
+    run = rundir.create(path)
+    run.recipe.write_text(recipes.dump(recipe))
+    run.meta.write_text(json.dumps({"name": path.name, "status": status, "task": recipe.task,
+                                    "dataset": recipe.data.dataset, "estimator": recipe.router.estimator,
+                                    "seed": recipe.seed}))
+    run.metrics.write_text("".join(json.dumps({"step": s, "split": split, "epoch": 1, "loss": 9.0 - s / 10,
+                                               "ppl": 2 ** (9.0 - s / 10), "wall": float(s)}) + "\n"
+                                   for s in (10, 20) for split in ("train", "valid")))
+    for name in checkpoints:
+        (run.checkpoints / f"checkpoint_{name}.pt").write_bytes(f"not a real checkpoint: {name}".encode())
+    if sums:
+        rundir.write_checksums(run.checkpoints)
+    return run.path
+
+
+# ---------------------------------------------------------------------------------------------- smx subprocesses
+def smx_process(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """`smx ARGS` as a child process (stdout/stderr piped, text)."""
+    cmd = [sys.executable, "-c", "import sys; from smx.cli import run; sys.exit(run(sys.argv[1:]))", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, poll: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return bool(predicate())
+        time.sleep(poll)
+    return False
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def saved_updates(log: Path) -> list[int]:
+    """The update counts of the `Saved checkpoint ...` lines of a train.log."""
+    from smx import metrics
+
+    if not log.is_file():
+        return []
+    return [e.updates for e in map(metrics.parse_event, log.read_text(errors="replace").splitlines())
+            if e is not None and e.kind == "saved"]
+
+
+def comparable(entries: list[dict]) -> dict[tuple, dict]:
+    """metrics entries keyed by (split, subset, epoch_end, step), without the wall-clock fields."""
+    from smx.metrics import entry_key
+
+    return {entry_key(e): {k: v for k, v in e.items() if k not in WALL_CLOCK} for e in entries}
+
+
+def raw_keys(metrics_file: Path) -> list[tuple]:
+    """The (split, subset, epoch_end, step) of every line of metrics.jsonl, duplicates kept."""
+    from smx.metrics import entry_key
+
+    return [entry_key(json.loads(line)) for line in metrics_file.read_text().splitlines()]
+
+
+def sigkill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,168 @@
+"""Checkpoint integrity: hashes recorded when the engine saves (crash-safe), checked before anything unpickles a
+checkpoint (smx and, again, the engine), --trust-checkpoint as the only way around."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rel_helpers import TINY, diff_states, fake_run, tree_state
+
+from smx import rundir
+from smx.cli import run as cli
+from smx.errors import UserError
+from smx.fairseq_plugin import checksums
+
+
+def test_hash_is_recorded_before_the_file_appears_and_a_kill_in_between_is_harmless(tmp_path: Path, monkeypatch):
+    guards = pytest.importorskip("smx.fairseq_plugin.guards")
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    guards._atomic_recorded(ck / "checkpoint_last.pt", lambda tmp: tmp.write_bytes(b"old"))
+    old = checksums.sha256_file(ck / "checkpoint_last.pt")
+    assert checksums.read_sums(ck) == {"checkpoint_last.pt": [old]}
+
+    # a kill -9 after the new file's hash is recorded but before it is renamed into place
+    record_pending = checksums.record_pending
+
+    def killed(*args):
+        record_pending(*args)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(guards.checksums, "record_pending", killed)
+    with pytest.raises(KeyboardInterrupt):
+        guards._atomic_recorded(ck / "checkpoint_last.pt", lambda tmp: tmp.write_bytes(b"new"))
+    monkeypatch.undo()
+    new = checksums.sha256_file(ck / "checkpoint_last.pt.tmp")
+    assert checksums.read_sums(ck)["checkpoint_last.pt"] == [new, old]  # both accepted in the window
+    assert (ck / "checkpoint_last.pt").read_bytes() == b"old"
+    assert rundir.verify_checksums(ck) == [] and rundir.verify_checkpoint(ck / "checkpoint_last.pt") == old
+
+    # the next save settles it: one hash per file again, lines of removed files dropped
+    guards._atomic_recorded(ck / "checkpoint_last.pt", lambda tmp: tmp.write_bytes(b"new"))
+    assert checksums.read_sums(ck) == {"checkpoint_last.pt": [new]}
+    (ck / "checkpoint_1_8.pt").write_bytes(b"x")
+    checksums.record_final(ck, "checkpoint_1_8.pt", checksums.sha256_file(ck / "checkpoint_1_8.pt"))
+    (ck / "checkpoint_1_8.pt").unlink()
+    checksums.prune(ck)
+    assert list(checksums.read_sums(ck)) == ["checkpoint_last.pt"]
+    text = (ck / "SHA256SUMS").read_text()
+    assert text == f"{new}  checkpoint_last.pt\n"  # sha256sum -c format
+
+
+def test_verify_checkpoint_refuses_mismatch_and_unrecorded_unless_trusted(tmp_path: Path):
+    ck = tmp_path
+    (ck / "checkpoint_last.pt").write_bytes(b"weights")
+    with pytest.raises(UserError, match=r"no recorded sha256 \(.*SHA256SUMS is missing\); checkpoints are pickles"):
+        rundir.verify_checkpoint(ck / "checkpoint_last.pt")
+    rundir.write_checksums(ck)
+    assert rundir.verify_checkpoint(ck / "checkpoint_last.pt") == checksums.sha256_file(ck / "checkpoint_last.pt")
+    (ck / "checkpoint_best.pt").write_bytes(b"unlisted")
+    with pytest.raises(UserError, match="checkpoint_best.pt: no recorded sha256 in"):
+        rundir.verify_checkpoint(ck / "checkpoint_best.pt")
+    (ck / "checkpoint_last.pt").write_bytes(b"weights, changed")
+    with pytest.raises(UserError, match="refusing to load .*does not match the recorded.*--trust-checkpoint"):
+        rundir.verify_checkpoint(ck / "checkpoint_last.pt")
+    warnings: list[str] = []
+    digest = rundir.verify_checkpoint(ck / "checkpoint_last.pt", trust=True, warn=warnings.append)
+    assert digest == checksums.sha256_file(ck / "checkpoint_last.pt")
+    assert len(warnings) == 1 and "loading it anyway (--trust-checkpoint)" in warnings[0]
+
+
+def test_the_unpickling_process_checks_the_hash_again(tmp_path: Path):
+    """A file changed after smx checked it is refused by the process that would unpickle it (here the checkpoint
+    averaging subprocess; the fairseq engine does the same in load_checkpoint_to_cpu)."""
+    torch = pytest.importorskip("torch")
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for p in (a, b):
+        torch.save({"model": {"w": torch.ones(2)}}, p)
+    env = {**os.environ, checksums.VERIFY_ENV: checksums.verify_env_value({a: checksums.sha256_file(a),
+                                                                            b: "0" * 64})}
+    r = subprocess.run([sys.executable, "-m", "smx.evaluate", "average", str(tmp_path / "avg.pt"), str(a), str(b)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "refusing to load checkpoint" in r.stderr and str(b) in r.stderr
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_eval_trust_checkpoint_is_the_only_way_around(tmp_path: Path, monkeypatch, capsys):
+    import smx.evaluate as ev
+
+    run = fake_run(tmp_path / "runs" / "t", TINY, [f"data.root={tmp_path / 'data'}"])
+    (run / "checkpoints" / "checkpoint_best.pt").write_bytes(b"changed after it was saved")
+    before = tree_state(tmp_path)
+    assert cli(["eval", "bleu", str(run)]) == 2
+    assert "refusing to load" in capsys.readouterr().err
+    assert diff_states(before, tree_state(tmp_path)) == []
+    seen: dict = {}
+
+    def stop(recipe, run_):  # the next thing bleu() does after the checks: stop there
+        seen["reached"] = True
+        raise UserError("stop here")
+
+    monkeypatch.setattr(ev, "bin_dir_of", stop)
+    assert cli(["eval", "bleu", str(run), "--trust-checkpoint"]) == 2
+    err = capsys.readouterr().err
+    assert seen == {"reached": True} and "stop here" in err and "refusing" not in err
+
+
+# --------------------------------------------------------------------------------------- with a real engine run
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, data_root: Path) -> Path:
+    path = tmp_path_factory.mktemp("short") / "run"
+    assert cli(["train", str(TINY), "--run-dir", str(path), "--set", f"data.root={data_root}", "--set",
+                "train.max_update=8", "--set", "train.save_interval_updates=4", "--no-progress"]) == 0
+    return path
+
+
+@pytest.mark.slow
+def test_engine_records_every_checkpoint_it_writes(short_run: Path):
+    ck = short_run / "checkpoints"
+    names = sorted(p.name for p in ck.glob("*.pt"))
+    assert "checkpoint_last.pt" in names and "checkpoint_best.pt" in names and "checkpoint_1_8.pt" in names
+    assert sorted(checksums.read_sums(ck)) == names  # every file, and no line of a removed one (checkpoint_1_4.pt)
+    assert rundir.verify_checksums(ck) == [] and not list(ck.glob("*.tmp"))
+    res = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=ck, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_checkpoint_unless_trusted(short_run: Path, tmp_path: Path, capsys):
+    torch = pytest.importorskip("torch")
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    last = run / "checkpoints" / "checkpoint_last.pt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    torch.save(state, last)  # same content, other bytes: smx cannot know it is harmless
+    tampered = checksums.sha256_file(last)
+    before = tree_state(run)
+    assert cli(["train", "--resume", str(run), "--set", "train.max_update=12", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: refusing to load {last}: sha256") and len(err.splitlines()) == 1
+    assert diff_states(before, tree_state(run)) == []
+
+    assert cli(["train", "--resume", str(run), "--set", "train.max_update=12", "--no-progress",
+                "--trust-checkpoint"]) == 0
+    assert "loading it anyway (--trust-checkpoint)" in capsys.readouterr().err
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "done" and meta["resumes"][-1]["trusted"] is True
+    assert meta["resumes"][-1]["checkpoint_sha256"] == tampered  # what was loaded, on record
+    assert rundir.verify_checksums(run / "checkpoints") == []  # the new saves are recorded again
+
+
+@pytest.mark.slow
+def test_engine_refuses_a_checkpoint_changed_after_smx_checked_it(short_run: Path, tmp_path: Path):
+    import smx.evaluate as ev
+
+    ckpt = short_run / "checkpoints" / "checkpoint_best.pt"
+    recipe = ev.load_run_recipe(short_run)
+    bin_dir = ev.bin_dir_of(recipe, short_run)
+    argv = ev.generate_argv(bin_dir, ckpt, "valid", "src", "tgt", 1, 1.0, 4096)
+    env = ev._verify_env({ckpt: "f" * 64})  # what smx verified differs from what is on disk now
+    with pytest.raises(UserError, match="refusing to load checkpoint"):
+        ev.run_engine(argv, tmp_path / "generate.log", "beam search", extra_env=env)
+    assert "Traceback" in (tmp_path / "generate.log").read_text()  # stopped inside the engine, before torch.load

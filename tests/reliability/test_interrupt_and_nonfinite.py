@@ -1,0 +1,111 @@
+"""Ctrl-C saves a checkpoint and marks the run interrupted; a NaN/inf loss stops the run, names the update, keeps the
+last good checkpoint and marks the run failed (slow: real engine runs on CPU)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from rel_helpers import TINY, saved_updates, smx_process, wait_for
+
+from smx import metrics, rundir
+from smx.cli import run as cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigint_saves_a_checkpoint_then_resume_continues_from_it(data_root: Path, tmp_path: Path, capsys):
+    run_dir = tmp_path / "int"
+    proc = smx_process(["train", str(TINY), "--run-dir", str(run_dir), "--set", f"data.root={data_root}",
+                        "--set", "train.max_update=100000", "--no-progress"])
+    log = run_dir / "train.log"
+    try:
+        assert wait_for(lambda: saved_updates(log), 240, proc), proc.communicate()  # first save: epoch end, 16
+        # a second writer is refused while the first one runs (and leaves the first one's lock alone)
+        lock_before = (run_dir / "run.lock").read_text()
+        assert cli(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by pid {proc.pid} on host {socket.gethostname()}" in err and len(err.splitlines()) == 1
+        assert (run_dir / "run.lock").read_text() == lock_before
+
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "training interrupted" in err
+    text = log.read_text()
+    assert "smx: SIGINT received: saving checkpoint_last.pt after update" in text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    stopped = saved_updates(log)[-1]
+    assert stopped > 16
+    train_steps = [e["step"] for e in metrics.read(run_dir / "metrics.jsonl", split="train")]
+    assert max(train_steps) <= stopped
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["end"] and meta["exit_code"] == 0
+    assert not (run_dir / "run.lock").exists()
+    assert rundir.verify_checksums(run_dir / "checkpoints") == []
+    assert rundir.verify_checkpoint(run_dir / "checkpoints" / "checkpoint_last.pt")  # recorded when saved
+
+    # the checkpoint Ctrl-C saved is the one a resume continues from
+    assert cli(["train", "--resume", str(run_dir), "--set", f"train.max_update={stopped + 4}", "--no-progress"]) == 0
+    loaded = [e.updates for e in map(metrics.parse_event, log.read_text().splitlines()) if e and e.kind == "loaded"]
+    assert loaded == [stopped]
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "done"
+    assert saved_updates(log)[-1] == stopped + 4
+
+
+def test_nan_loss_stops_names_the_update_and_keeps_the_last_good_checkpoint(data_root: Path, tmp_path: Path,
+                                                                             capsys, monkeypatch):
+    run_dir = tmp_path / "nan"
+    args = ["train", str(TINY), "--run-dir", str(run_dir), "--set", f"data.root={data_root}", "--set",
+            "train.save_interval_updates=8", "--set", "train.validate_interval_updates=8", "--no-progress"]
+    monkeypatch.setenv("SMX_TEST_NONFINITE_AT", "21")  # test-only fault injection: the loss of update 21 is NaN
+    capsys.readouterr()
+    assert cli(args) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: non-finite loss (nan) at update 21: training stopped, the last good checkpoint is "
+                     f"{run_dir}/checkpoints/checkpoint_last.pt (update 16); run marked failed "
+                     f"(log: {run_dir}/train.log)"], err
+    assert "Traceback" not in err
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "failed"
+    assert {k: meta["failure"][k] for k in ("reason", "update", "split", "value", "last_checkpoint_update")} == {
+        "reason": "non-finite", "update": 21, "split": "train", "value": "nan", "last_checkpoint_update": 16}
+    assert saved_updates(run_dir / "train.log")[-1] == 16
+    ck = run_dir / "checkpoints"
+    assert not (ck / "crash.pt").exists()  # fairseq's crash dump of the broken model is not written
+    assert rundir.verify_checksums(ck) == []
+    entries = metrics.read(run_dir / "metrics.jsonl")
+    assert max(e["step"] for e in entries) <= 20 and all(e["loss"] == e["loss"] for e in entries)
+
+    # the kept checkpoint is good: the run resumes from it (without the injected fault) and finishes
+    monkeypatch.delenv("SMX_TEST_NONFINITE_AT")
+    assert cli(["train", "--resume", str(run_dir), "--set", "train.max_update=24", "--no-progress"]) == 0
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "done" and "failure" not in meta
+    assert meta["resumes"][0]["previous_failure"]["update"] == 21
+    assert metrics.last(metrics.read(run_dir / "metrics.jsonl"), "valid")["step"] == 24
+
+
+def test_diverging_learning_rate_is_caught(data_root: Path, tmp_path: Path, capsys):
+    """No injection: lr 1e6 blows the model up on its own; the guard names the update (fairseq would only say
+    "gradients are Nan/Inf" deep in a traceback, or log NaN losses)."""
+    run_dir = tmp_path / "lr"
+    capsys.readouterr()
+    assert cli(["train", str(TINY), "--run-dir", str(run_dir), "--set", f"data.root={data_root}",
+                "--set", "optim.lr=1e6", "--set", "optim.scheduler=fixed", "--set", "optim.warmup_updates=0",
+                "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite loss (") and " at update " in lines[0], err
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "failed" and meta["failure"]["update"] >= 1
+    assert f"at update {meta['failure']['update']}:" in lines[0]
+    if (run_dir / "checkpoints" / "SHA256SUMS").exists():
+        assert rundir.verify_checksums(run_dir / "checkpoints") == []
