@@ -38,6 +38,18 @@ def _copy(fin, dest: Path, advance) -> None:
             advance(len(chunk))
 
 
+def archive_error(archive: Path, e: BaseException) -> UserError:
+    """One-line error for a corrupt or unreadable archive."""
+    if isinstance(e, _CORRUPT):
+        return UserError(f"corrupt archive {archive}: {e or type(e).__name__}")
+    return UserError(f"cannot read {archive}: {getattr(e, 'strerror', None) or e}")
+
+
+def check_found(archive: Path, wanted: Mapping[str, Path]) -> None:
+    if wanted:
+        raise UserError(f"{archive}: missing {', '.join(sorted(wanted))} (is this the right archive?)")
+
+
 def extract_tar(archive: Path, members: Mapping[str, Path], reporter: Reporter) -> None:
     """Copy the named members of a (compressed) tar archive to their destinations, in one pass over the archive."""
     wanted = dict(members)
@@ -52,12 +64,9 @@ def extract_tar(archive: Path, members: Mapping[str, Path], reporter: Reporter) 
                 _copy(fin, wanted.pop(key), adv)
                 if not wanted:
                     break
-    except _CORRUPT as e:
-        raise UserError(f"corrupt archive {archive}: {e or type(e).__name__}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {archive}: {e.strerror or e}") from None
-    if wanted:
-        raise UserError(f"{archive}: missing {', '.join(sorted(wanted))} (is this the right archive?)")
+    except (*_CORRUPT, OSError) as e:
+        raise archive_error(archive, e) from None
+    check_found(archive, wanted)
 
 
 def extract_zip(archive: Path, members: Mapping[str, Path], reporter: Reporter) -> None:
@@ -70,12 +79,9 @@ def extract_zip(archive: Path, members: Mapping[str, Path], reporter: Reporter) 
                 if key is not None:
                     with zf.open(info) as fin:
                         _copy(fin, wanted.pop(key), adv)
-    except _CORRUPT as e:
-        raise UserError(f"corrupt archive {archive}: {e or type(e).__name__}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {archive}: {e.strerror or e}") from None
-    if wanted:
-        raise UserError(f"{archive}: missing {', '.join(sorted(wanted))} (is this the right archive?)")
+    except (*_CORRUPT, OSError) as e:
+        raise archive_error(archive, e) from None
+    check_found(archive, wanted)
 
 
 def gunzip(src: Path, dest: Path) -> None:

@@ -9,17 +9,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
-    import data_prep
-
-    root = tmp_path_factory.getbasetemp() / "shared-data"  # as tests/reliability: prepared once
-    root.mkdir(exist_ok=True)
-    for name in ("synthetic-mt", "synthetic-lm"):
-        data_prep.prepare(name, root=root, progress=False)
-        assert data_prep.is_prepared(name, root)
-    return root
-
 
 @pytest.fixture
 def train(data_root: Path, tmp_path: Path, capsys):
