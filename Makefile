@@ -12,7 +12,7 @@ JOBS ?= 2
 STUDY ?= studies/$(basename $(notdir $(RECIPE)))
 DEMO_DIR ?= demo/ding_switch
 
-.PHONY: venv test test-fast demo bench reproduce clean-venv
+.PHONY: venv test test-fast demo bench gradients reproduce clean-venv
 
 # Evaluate every finished run of a study: BLEU for translation runs, perplexity for LM runs.
 define eval_study
@@ -61,6 +61,11 @@ reproduce: $(STAMP)
 	  --command "smx sweep $(RECIPE) --estimators $(ESTIMATORS) --seeds $(SEEDS) --study-dir $(STUDY) --jobs $(JOBS)" \
 	  --command "smx eval bleu|ppl <each run in $(STUDY)>" \
 	  --command "smx compare $(STUDY) --baseline topk --out $(STUDY)/compare"
+
+# Benchmarks (medians and ratios, both sides in one process; JSON under bench/results/).
+bench: $(STAMP)
+	$(PY) -m bench all
+	$(PY) -m bench peak-rss -- $(MAKE) demo DEMO_DIR=/tmp/smx-bench-demo
 
 gradients: $(STAMP)
 	$(SMX) diagnose gradients --json bench/results/gradient_fidelity.json --force

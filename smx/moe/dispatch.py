@@ -4,6 +4,17 @@ The (tokens, k) routing assignments are flattened to tokens*k assignments (assig
 choice), stably sorted by expert so that each expert owns a contiguous slice, cut to the expert's capacity, run
 through that expert, and scatter-added back to their tokens weighted by the gate. Dropped assignments contribute 0
 (the residual connection outside the layer carries the token).
+
+The experts run as one grouped computation over the sorted slices (run_experts picks a backend):
+- "fused" (CPU): one autograd.Function that loops over the experts with addmm/mm writing into preallocated buffers
+  (no tokens x d_ff temporaries beyond the one activation buffer a dense FFN also keeps, weight gradients written in
+  place); the slice lengths are host ints, which costs nothing on the CPU;
+- "grouped_mm" (accelerators): torch's grouped GEMM with the slice offsets kept on the device (no host
+  synchronisation in the dropless path), biases gathered per row;
+- "loop": plain autograd per expert (any dtype, activation dropout on the CPU; the readable reference).
+All three give the same values and gradients (tests/moe/test_moe_perf_equivalence.py).
+Dropless plans also carry the inverse permutation, so that moving rows between token order and expert order is a
+gather in both directions (forward and backward): no zero fill + scatter-add, deterministic on accelerators.
 """
 
 from __future__ import annotations
@@ -14,6 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+BACKENDS = ("auto", "fused", "grouped_mm", "loop")
+GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def expert_capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: float | None) -> int | None:
@@ -35,9 +50,16 @@ class DispatchPlan:
     token: Tensor  # (n_kept,) int64 token of each kept assignment
     assignment: Tensor  # (n_kept,) int64 index into the flattened (tokens * k) assignments
     expert: Tensor  # (n_kept,) int64 expert of each kept assignment (non-decreasing)
-    sizes: tuple[int, ...]  # (n_experts,) kept assignments per expert, host ints: the slice lengths
+    offsets: Tensor  # (n_experts,) int32 end of each expert's slice (cumulative kept counts), on the device
     counts: Tensor  # (n_experts,) int64 routed assignments per expert BEFORE the capacity drop
     kept: Tensor  # (tokens, k) bool, False = dropped by the capacity
+    inverse: Tensor | None = None  # dropless only: (tokens * k,) int64 plan position of each assignment
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """(n_experts,) kept assignments per expert as host ints (a host synchronisation on accelerators)."""
+        ends = self.offsets.tolist()
+        return tuple(b - a for a, b in zip([0] + ends[:-1], ends))
 
 
 def plan_dispatch(
@@ -47,7 +69,7 @@ def plan_dispatch(
 
     priority None ("position" policy): an over-full expert keeps its first C assignments in token order.
     priority (tokens, k) ("probability" policy): an over-full expert keeps its C highest-priority assignments
-    (ties: token order).
+    (ties: token order). Dropless plans never synchronise with the host; capacity plans do (the kept count).
     """
     num_tokens, k = expert_index.shape
     device = expert_index.device
@@ -58,55 +80,209 @@ def plan_dispatch(
         by_priority = torch.argsort(priority.detach().reshape(-1), descending=True, stable=True)  # (tokens*k,)
         order = by_priority[torch.argsort(flat_expert[by_priority], stable=True)]  # grouped, priority inside
     sorted_expert = flat_expert[order]  # (tokens*k,) non-decreasing
-    counts = torch.bincount(flat_expert, minlength=num_experts)  # (n_experts,)
+    # scatter_add, not bincount: bincount synchronises with the host on accelerators
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device)
+    counts = counts.scatter_add(0, flat_expert, torch.ones_like(flat_expert))  # (n_experts,)
+    inverse = None
     if capacity is None:
         assignment, expert = order, sorted_expert
         kept_counts = counts
         kept = torch.ones(num_tokens, k, dtype=torch.bool, device=device)
+        positions = torch.arange(order.numel(), device=device)
+        inverse = torch.empty_like(order).scatter_(0, order, positions)  # (tokens*k,) inverse permutation
     else:
         starts = torch.cumsum(counts, 0) - counts  # (n_experts,) first sorted position of each expert
         rank = torch.arange(order.numel(), device=device) - starts[sorted_expert]  # (tokens*k,) rank in expert
         keep_sorted = rank < capacity  # (tokens*k,)
-        assignment, expert = order[keep_sorted], sorted_expert[keep_sorted]
+        assignment, expert = order[keep_sorted], sorted_expert[keep_sorted]  # host sync: the kept count
         kept_counts = counts.clamp(max=capacity)
         kept = torch.zeros(num_tokens * k, dtype=torch.bool, device=device)
         kept = kept.index_fill(0, assignment, True).reshape(num_tokens, k)
-    sizes = tuple(int(n) for n in kept_counts.tolist())  # host sync: the slice lengths
+    offsets = torch.cumsum(kept_counts, 0).to(torch.int32)  # (n_experts,)
     token = torch.div(assignment, k, rounding_mode="floor")  # (n_kept,)
-    return DispatchPlan(token=token, assignment=assignment, expert=expert, sizes=sizes, counts=counts, kept=kept)
+    return DispatchPlan(token=token, assignment=assignment, expert=expert, offsets=offsets, counts=counts,
+                        kept=kept, inverse=inverse)
+
+
+class _Regroup(torch.autograd.Function):
+    """Dropless row moves between token order and plan order as gathers in both directions (no zero fill and
+    scatter-add; deterministic on accelerators). out = src[index] (summed over groups of `k` rows when k > 1);
+    the backward is the adjoint gather with `adjoint` / `adjoint_k`."""
+
+    @staticmethod
+    def forward(ctx, src, index, k, adjoint, adjoint_k):  # src (rows, d)
+        ctx.save_for_backward(adjoint)
+        ctx.adjoint_k = adjoint_k
+        return _gather_sum(src, index, k)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (adjoint,) = ctx.saved_tensors
+        return _gather_sum(grad, adjoint, ctx.adjoint_k), None, None, None, None
+
+
+def _gather_sum(src: Tensor, index: Tensor, k: int) -> Tensor:
+    """src[index] (n, d), then rows summed in consecutive groups of k: (n / k, d)."""
+    rows = src.index_select(0, index)
+    return rows if k == 1 else rows.view(-1, k, src.shape[1]).sum(1)
+
+
+def dispatch_rows(x: Tensor, plan: DispatchPlan) -> Tensor:
+    """x (tokens, d) -> (n_kept, d) grouped by expert (plan order)."""
+    if plan.inverse is None:
+        return x.index_select(0, plan.token)  # backward: index_add
+    return _Regroup.apply(x, plan.token, 1, plan.inverse, plan.kept.shape[1])
+
+
+def _activate(h: Tensor, activation: str) -> Tensor:
+    return F.relu(h) if activation == "relu" else F.gelu(h)
 
 
 def expert_ffn(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activation: str, dropout: float,
                training: bool) -> Tensor:
     """One expert: Linear d->d_ff, activation, activation dropout, Linear d_ff->d. x (n, d) -> (n, d)."""
-    h = torch.addmm(b1, x, w1)  # (n, d_ff)
-    h = F.relu(h) if activation == "relu" else F.gelu(h)
+    h = _activate(torch.addmm(b1, x, w1), activation)  # (n, d_ff)
     h = F.dropout(h, p=dropout, training=training)
     return torch.addmm(b2, h, w2)  # (n, d)
 
 
+class _FusedExperts(torch.autograd.Function):
+    """y[s_e:t_e] = act(xs[s_e:t_e] @ w1[e] + b1[e]) @ w2[e] + b2[e] for each expert e's slice (no dropout).
+
+    Saves xs and the activation buffer (relu: post-activation; gelu: pre-activation, recomputed in the backward);
+    gradients go straight into preallocated tensors, experts with no rows get zero weight gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, xs, w1, b1, w2, b2, sizes, activation):  # xs (n, d) sorted by expert
+        n, d_ff = xs.shape[0], w1.shape[2]
+        h = xs.new_empty(n, d_ff)  # (n, d_ff)
+        y = xs.new_empty(n, w2.shape[2])  # (n, d)
+        start = 0
+        for e, size in enumerate(sizes):
+            if size:
+                rows = slice(start, start + size)
+                torch.addmm(b1[e], xs[rows], w1[e], out=h[rows])
+                if activation == "relu":
+                    a = h[rows].relu_()
+                else:
+                    a = F.gelu(h[rows])
+                torch.addmm(b2[e], a, w2[e], out=y[rows])
+            start += size
+        ctx.save_for_backward(xs, w1, w2, h)
+        ctx.sizes, ctx.activation = sizes, activation
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):  # gy (n, d)
+        xs, w1, w2, h = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        gy = gy.contiguous()
+        gx = torch.empty_like(xs) if need_x else None
+        gw1 = torch.empty_like(w1) if need_w1 else None
+        gb1 = w1.new_empty(w1.shape[0], w1.shape[2]) if need_b1 else None
+        gw2 = torch.empty_like(w2) if need_w2 else None
+        gb2 = w2.new_empty(w2.shape[0], w2.shape[2]) if need_b2 else None
+        start = 0
+        for e, size in enumerate(ctx.sizes):
+            if not size:
+                for g in (gw1, gb1, gw2, gb2):
+                    if g is not None:
+                        g[e].zero_()
+                continue
+            rows = slice(start, start + size)
+            start += size
+            g_out, pre = gy[rows], h[rows]  # (n_e, d), (n_e, d_ff)
+            a = pre if ctx.activation == "relu" else F.gelu(pre)  # (n_e, d_ff) activation
+            if gw2 is not None:
+                torch.mm(a.t(), g_out, out=gw2[e])
+            if gb2 is not None:
+                torch.sum(g_out, 0, out=gb2[e])
+            if not (need_x or need_w1 or need_b1):
+                continue
+            ga = torch.mm(g_out, w2[e].t())  # (n_e, d_ff)
+            if ctx.activation == "relu":
+                ga = torch.ops.aten.threshold_backward(ga, a, 0)  # 0 where the relu output is 0
+            else:
+                ga = torch.ops.aten.gelu_backward(ga, pre)
+            if gw1 is not None:
+                torch.mm(xs[rows].t(), ga, out=gw1[e])
+            if gb1 is not None:
+                torch.sum(ga, 0, out=gb1[e])
+            if gx is not None:
+                torch.mm(ga, w1[e].t(), out=gx[rows])
+        return gx, gw1, gb1, gw2, gb2, None, None
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient (grouped_mm's backward rejects expanded ones)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous()
+
+
+def _grouped_mm_experts(xs: Tensor, plan: DispatchPlan, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                        activation: str, dropout: float, training: bool) -> Tensor:
+    """Grouped GEMMs over the sorted slices, offsets on the device. xs (n, d) -> (n, d)."""
+    h = _ContiguousGrad.apply(F.grouped_mm(xs, w1, offs=plan.offsets))  # (n, d_ff)
+    h = F.dropout(_activate(h + b1.index_select(0, plan.expert), activation), p=dropout, training=training)
+    y = _ContiguousGrad.apply(F.grouped_mm(h, w2, offs=plan.offsets))  # (n, d)
+    return y + b2.index_select(0, plan.expert)
+
+
+def _loop_experts(xs: Tensor, sizes: tuple[int, ...], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                  activation: str, dropout: float, training: bool) -> Tensor:
+    """Plain autograd, one expert_ffn per non-empty slice. xs (n, d) -> (n, d)."""
+    weights = zip(w1.unbind(0), b1.unbind(0), w2.unbind(0), b2.unbind(0))  # unbind: one gradient buffer each
+    outs = [expert_ffn(piece, *wb, activation, dropout, training)
+            for piece, wb in zip(torch.split(xs, list(sizes)), weights) if piece.shape[0] > 0]
+    return torch.cat(outs, 0) if outs else xs.new_zeros(0, w2.shape[2])
+
+
+def grouped_mm_supports(x: Tensor, w1: Tensor) -> bool:
+    """torch's grouped GEMM wants float32/bf16/fp16 operands of one dtype and 16-byte aligned rows (d, d_ff)."""
+    aligned = all(n * x.element_size() % 16 == 0 for n in w1.shape[1:])
+    return x.dtype in GROUPED_MM_DTYPES and w1.dtype == x.dtype and aligned
+
+
+def choose_backend(x: Tensor, w1: Tensor, dropout: float, training: bool) -> str:
+    """fused on the CPU without active dropout; grouped_mm where torch supports the operands; loop otherwise."""
+    dropout_active = training and dropout > 0
+    if x.device.type == "cpu" and not dropout_active and not torch.is_autocast_enabled("cpu"):
+        return "fused"
+    return "grouped_mm" if grouped_mm_supports(x, w1) else "loop"
+
+
 def run_experts(x: Tensor, plan: DispatchPlan, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activation: str,
-                dropout: float, training: bool) -> Tensor:
+                dropout: float, training: bool, backend: str = "auto") -> Tensor:
     """Each expert on its contiguous slice of the kept assignments. x (tokens, d) -> (n_kept, d) in plan order.
 
-    w1 (E, d, d_ff), b1 (E, d_ff), w2 (E, d_ff, d), b2 (E, d).
+    w1 (E, d, d_ff), b1 (E, d_ff), w2 (E, d_ff, d), b2 (E, d). backend: one of BACKENDS ("auto": choose_backend).
     """
-    xs = x[plan.token]  # (n_kept, d) grouped by expert
-    outs = []
-    for e, piece in enumerate(torch.split(xs, list(plan.sizes))):
-        if piece.shape[0] > 0:
-            outs.append(expert_ffn(piece, w1[e], b1[e], w2[e], b2[e], activation, dropout, training))
-    if not outs:
-        return xs.new_zeros(0, x.shape[1])
-    return torch.cat(outs, 0)  # (n_kept, d)
+    if backend == "auto":
+        backend = choose_backend(x, w1, dropout, training)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown expert backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    xs = dispatch_rows(x, plan)  # (n_kept, d) grouped by expert
+    if backend == "grouped_mm":
+        return _grouped_mm_experts(xs, plan, w1, b1, w2, b2, activation, dropout, training)
+    if backend == "fused" and not (training and dropout > 0):
+        return _FusedExperts.apply(xs, w1, b1, w2, b2, plan.sizes, activation)
+    return _loop_experts(xs, plan.sizes, w1, b1, w2, b2, activation, dropout, training)
 
 
 def all_experts(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activation: str, dropout: float,
                 training: bool) -> Tensor:
     """Every expert on every token (dense estimators). x (tokens, d) -> (tokens, E, d)."""
     h = torch.einsum("td,edf->tef", x, w1) + b1  # (tokens, E, d_ff)
-    h = F.relu(h) if activation == "relu" else F.gelu(h)
-    h = F.dropout(h, p=dropout, training=training)
+    h = F.dropout(_activate(h, activation), p=dropout, training=training)
     return torch.einsum("tef,efd->ted", h, w2) + b2  # (tokens, E, d)
 
 
@@ -115,7 +291,9 @@ def combine(expert_out: Tensor, plan: DispatchPlan, gate: Tensor, num_tokens: in
 
     expert_out (n_kept, d) in plan order; gate (tokens, k) float32 (carries the router gradient).
     """
-    weight = gate.reshape(-1)[plan.assignment].unsqueeze(1)  # (n_kept, 1)
+    weight = gate.reshape(-1).index_select(0, plan.assignment).unsqueeze(1)  # (n_kept, 1)
     weighted = expert_out.float() * weight  # (n_kept, d)
+    if plan.inverse is not None:  # dropless: token t's k rows are at inverse[t*k : t*k+k]
+        return _Regroup.apply(weighted, plan.inverse, plan.kept.shape[1], plan.token, 1)
     y = weighted.new_zeros(num_tokens, expert_out.shape[1])  # (tokens, d)
     return y.index_add(0, plan.token, weighted)

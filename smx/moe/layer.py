@@ -76,6 +76,7 @@ class MoEFeedForward(nn.Module):
             estimator.validate(config.k, config.num_experts)
         self.config = config
         self.estimator = estimator
+        self.expert_backend = "auto"  # smx.moe.dispatch.BACKENDS: how the experts run (same values, speed only)
         self.d_model, self.d_ff = d_model, d_ff
         num_experts = config.num_experts
         self.router = Router(d_model, num_experts, bias=config.router_bias, input_jitter=config.input_jitter)
@@ -144,7 +145,7 @@ class MoEFeedForward(nn.Module):
             all_out = all_experts(expert_in, *ffn)  # (T, E, d)
             expert_out = all_out[plan.token, plan.expert]  # (n_kept, d)
         else:
-            expert_out = run_experts(expert_in, plan, *ffn)  # (n_kept, d)
+            expert_out = run_experts(expert_in, plan, *ffn, backend=self.expert_backend)  # (n_kept, d)
         y = combine(expert_out, plan, routing.gate, num_tokens)  # (T, d) float32
         if all_out is not None and routing.dense_weight is not None:
             y = y + torch.einsum("te,ted->td", routing.dense_weight.float(), all_out.float())
@@ -164,7 +165,8 @@ class MoEFeedForward(nn.Module):
         num_experts = self.config.num_experts
         sums = expert_out.detach().float().new_zeros(num_experts, self.d_model)
         sums.index_add_(0, plan.expert, expert_out.detach().float())  # (E, d)
-        counts = torch.bincount(plan.expert, minlength=num_experts)  # (E,)
+        counts = torch.zeros(num_experts, dtype=torch.int64, device=plan.expert.device)
+        counts = counts.scatter_add(0, plan.expert, torch.ones_like(plan.expert))  # (E,) (bincount would sync)
         vectors = self.default_vectors.float()  # a copy if the module was cast to another dtype
         ema_update(vectors, self.default_initialized, sums, counts, float(self.estimator.beta))
         if vectors is not self.default_vectors:
