@@ -65,7 +65,7 @@ reproduce: $(STAMP)
 # Benchmarks (medians and ratios, both sides in one process; JSON under bench/results/).
 bench: $(STAMP)
 	$(PY) -m bench all
-	$(PY) -m bench peak-rss -- $(MAKE) demo DEMO_DIR=/tmp/smx-bench-demo
+	rm -rf /tmp/smx-bench-demo && $(PY) -m bench peak-rss -- $(MAKE) demo DEMO_DIR=/tmp/smx-bench-demo
 
 gradients: $(STAMP)
 	$(SMX) diagnose gradients --json bench/results/gradient_fidelity.json --force
