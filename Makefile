@@ -64,7 +64,7 @@ reproduce: $(STAMP)
 
 # Benchmarks (medians and ratios, both sides in one process; JSON under bench/results/).
 bench: $(STAMP)
-	$(PY) -m bench all
+	$(PY) -m bench all --wait-idle 600
 	rm -rf /tmp/smx-bench-demo && $(PY) -m bench peak-rss -- $(MAKE) demo DEMO_DIR=/tmp/smx-bench-demo
 
 gradients: $(STAMP)

@@ -7,7 +7,7 @@ validation. Both sides of a comparison get the same (pre-collated) batches of th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,6 @@ class Parts:
     optimizer: object
     num_params: int
     update: int = 0
-    tokens: list[int] = field(default_factory=list)  # target tokens of each update so far
 
 
 def ensure_data(root: Path) -> Path:
@@ -87,13 +86,14 @@ def batches(parts: Parts, max_tokens: int, count: int, seed: int) -> list[dict]:
     return out
 
 
-def update_fn(parts: Parts, samples: list[dict]) -> Callable[[], None]:
-    """One training update per call, cycling over `samples`."""
-    def step() -> None:
+def update_fn(parts: Parts, samples: list[dict]) -> Callable[[], int]:
+    """One training update per call, cycling over `samples`; returns the batch's target tokens (fairseq's wps
+    numerator). Both sides of a pair run the same batch."""
+    def step() -> int:
         sample = samples[parts.update % len(samples)]
         parts.task.train_step(sample, parts.model, parts.criterion, parts.optimizer, parts.update)
         parts.optimizer.step()
         parts.optimizer.zero_grad()
         parts.update += 1
-        parts.tokens.append(int(sample["ntokens"]))  # fairseq's wps numerator
+        return int(sample["ntokens"])
     return step

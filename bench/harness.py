@@ -1,7 +1,9 @@
 """Side-by-side timing: interleaved A/B pairs in one process, medians, ratio of medians, per-pair ratios.
 
 Order alternates A B, B A, A B, ... so that a slow drift of the machine (another process starting, thermal state)
-hits both sides alike; the per-pair ratio median is robust to a burst of load during one pair.
+hits both sides alike; the per-pair ratio median is robust to a burst of load during one pair, and pairs during which
+other processes kept the CPU busy are run again (the machine is shared; a busy core distorts multi-threaded timings,
+and MoE layers, with more and smaller parallel regions than one dense FFN, suffer more from it).
 """
 
 from __future__ import annotations
@@ -62,38 +64,78 @@ def check_target(value: float, target: str) -> bool | None:
     return value <= float(bound) if op == "<=" else value >= float(bound)
 
 
-def interleave(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int, warmup: int = 1
-               ) -> tuple[list[float], list[float]]:
-    """Run warm-up calls of each side, then `repeats` pairs in alternating order. -> (times_a, times_b) seconds."""
+@dataclass(frozen=True)
+class Pairs:
+    """Timed pairs of one comparison, in run order (A and B of pair i ran back to back)."""
+
+    times_a: list[float]  # seconds per call
+    times_b: list[float]
+    work_a: list[float]  # what each call returned (e.g. tokens processed); empty when the calls return None
+    work_b: list[float]
+    other_cores: list[float]  # per kept pair: cores other processes kept busy meanwhile (-1: pair too short)
+    discarded: int  # pairs re-run because other processes were busy during them
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, object]:
+    gc.collect()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def interleave(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int, warmup: int = 2,
+               max_other_cores: float = 0.25, budget: float = 2.0) -> Pairs:
+    """Warm-up calls of each side, then `repeats` pairs in alternating order (A B, B A, ...).
+
+    A pair during which other processes kept more than max_other_cores cores busy (measured from /proc/stat for
+    pairs of 0.5 s and longer) is discarded and run again, up to budget * repeats pairs in all; if the machine
+    stays busy, the least disturbed pairs are kept (Pairs.other_cores says how disturbed they were).
+    """
     for _ in range(warmup):
         fn_a()
         fn_b()
-    times_a, times_b = [], []
-    for i in range(repeats):
-        order = ((fn_a, times_a), (fn_b, times_b)) if i % 2 == 0 else ((fn_b, times_b), (fn_a, times_a))
-        for fn, out in order:
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return times_a, times_b
+    kept: list[tuple] = []
+    spare: list[tuple] = []
+    attempts = 0
+    while len(kept) < repeats and attempts < max(repeats, int(budget * repeats)):
+        snap = cpu_snapshot()
+        if attempts % 2 == 0:
+            (ta, wa), (tb, wb) = _timed(fn_a), _timed(fn_b)
+        else:
+            (tb, wb), (ta, wa) = _timed(fn_b), _timed(fn_a)
+        end = cpu_snapshot()
+        attempts += 1
+        other = other_load(snap, end) if end[0] - snap[0] >= 0.5 else -1.0
+        (kept if other <= max_other_cores else spare).append((ta, tb, wa, wb, other))
+    discarded = len(spare)
+    kept += sorted(spare, key=lambda p: p[4])[: repeats - len(kept)]
+    return Pairs(times_a=[p[0] for p in kept], times_b=[p[1] for p in kept],
+                 work_a=[float(p[2]) for p in kept if p[2] is not None],
+                 work_b=[float(p[3]) for p in kept if p[3] is not None],
+                 other_cores=[round(p[4], 3) for p in kept], discarded=discarded)
 
 
-def make_row(name: str, a: str, b: str, times_a: list[float], times_b: list[float], target: str = "",
-             work: tuple[list[float], list[float]] | None = None, notes: str = "", extra: dict | None = None) -> Row:
-    """Times -> medians and ratios. work (per-call work of a, of b), e.g. tokens: report work/s instead of ms."""
-    if work is None:
-        unit = "ms"
-        va, vb = [t * 1e3 for t in times_a], [t * 1e3 for t in times_b]
-    else:
+def make_row(name: str, a: str, b: str, pairs: Pairs, target: str = "", throughput: bool = False,
+             notes: str = "", extra: dict | None = None) -> Row:
+    """Pairs -> medians and ratios (a / b). throughput: report work/s (the calls' return values) instead of ms."""
+    if throughput:
         unit = "tok/s"
-        va, vb = [w / t for w, t in zip(work[0], times_a)], [w / t for w, t in zip(work[1], times_b)]
-    pairs = [x / y for x, y in zip(va, vb)]
+        va = [w / t for w, t in zip(pairs.work_a, pairs.times_a)]
+        vb = [w / t for w, t in zip(pairs.work_b, pairs.times_b)]
+    else:
+        unit = "ms"
+        va, vb = [t * 1e3 for t in pairs.times_a], [t * 1e3 for t in pairs.times_b]
+    ratios = [x / y for x, y in zip(va, vb)]
     ratio = statistics.median(va) / statistics.median(vb)
-    return Row(name=name, a=a, b=b, unit=unit, times_a=times_a, times_b=times_b, median_a=statistics.median(va),
-               median_b=statistics.median(vb), ratio=ratio, pair_ratio_median=statistics.median(pairs),
-               pair_ratio_min=min(pairs), pair_ratio_max=max(pairs), target=target, met=check_target(ratio, target),
-               notes=notes, extra=extra or {})
+    disturbed = sum(c > 0.25 for c in pairs.other_cores)
+    if pairs.discarded:
+        notes = (notes + "; " if notes else "") + (f"{pairs.discarded} pair(s) re-run (machine busy)"
+                                                   + (f", {disturbed} kept under load" if disturbed else ""))
+    return Row(name=name, a=a, b=b, unit=unit, times_a=pairs.times_a, times_b=pairs.times_b,
+               median_a=statistics.median(va), median_b=statistics.median(vb), ratio=ratio,
+               pair_ratio_median=statistics.median(ratios), pair_ratio_min=min(ratios), pair_ratio_max=max(ratios),
+               target=target, met=check_target(ratio, target), notes=notes,
+               extra={**(extra or {}), "other_cores_per_pair": pairs.other_cores, "pairs_rerun": pairs.discarded})
 
 
 def git_commit() -> dict:

@@ -78,21 +78,21 @@ def run(args: argparse.Namespace) -> dict:
     shape = f"tokens {args.tokens}, d {args.d_model}, FFN {args.d_ff}, {args.experts} experts"
     routing_note = f"{shape}; top-1 load max {load.max().item():.3f} min {load.min().item():.3f} (random router)"
     rows = []
-    ta, tb = interleave(smx_step(moe, x, g), dense_step(dense, x, g), args.repeats, args.warmup)
-    rows.append(make_row("MoE layer fwd+bwd vs dense FFN", "smx MoE (top-1 dropless)", "dense FFN", ta, tb,
+    pairs = interleave(smx_step(moe, x, g), dense_step(dense, x, g), args.repeats, args.warmup)
+    rows.append(make_row("MoE layer fwd+bwd vs dense FFN", "smx MoE (top-1 dropless)", "dense FFN", pairs,
                          "<= 1.10", notes=routing_note, extra={"load": load.tolist()}))
-    te, ts = interleave(einsum_step(einsum, x, g), smx_step(moe, x, g), args.einsum_repeats, args.warmup)
+    pairs = interleave(einsum_step(einsum, x, g), smx_step(moe, x, g), args.einsum_repeats, args.warmup)
     rows.append(make_row("speed-up over one-hot einsum", f"einsum MoE (cf {args.capacity_factor})",
-                         "smx MoE (top-1 dropless)", te, ts, ">= 4",
+                         "smx MoE (top-1 dropless)", pairs, ">= 4",
                          notes="ratio = einsum time / smx time (the fairseq / DeepSpeed formulation)"))
-    te2, td = interleave(einsum_step(einsum, x, g), dense_step(dense, x, g), args.einsum_repeats, args.warmup)
+    pairs = interleave(einsum_step(einsum, x, g), dense_step(dense, x, g), args.einsum_repeats, args.warmup)
     rows.append(make_row("einsum baseline vs dense FFN", f"einsum MoE (cf {args.capacity_factor})", "dense FFN",
-                         te2, td))
+                         pairs))
     if args.backends:
         for backend in ("fused", "grouped_mm", "loop"):
             moe.expert_backend = backend
-            ta, tb = interleave(smx_step(moe, x, g), dense_step(dense, x, g), args.repeats, args.warmup)
-            rows.append(make_row(f"backend {backend} vs dense FFN", f"smx MoE [{backend}]", "dense FFN", ta, tb))
+            pairs = interleave(smx_step(moe, x, g), dense_step(dense, x, g), args.repeats, args.warmup)
+            rows.append(make_row(f"backend {backend} vs dense FFN", f"smx MoE [{backend}]", "dense FFN", pairs))
         moe.expert_backend = "auto"
     return report("MoE layer forward+backward (CPU)", "moe_layer", {**env, "shape": shape}, rows, args.json,
                   command_line(), vars(args))

@@ -27,11 +27,9 @@ def run(args: argparse.Namespace) -> dict:
                                          args.experts), args.seed)
     dense = fm.build("dense", fm.dense_args(data, args.dense_arch, args.max_tokens, args.seed), args.seed)
     samples = fm.batches(dense, args.max_tokens, args.batches, args.seed)
-    ta, tb = interleave(fm.update_fn(moe, samples), fm.update_fn(dense, samples), args.repeats, args.warmup)
-    skip = args.warmup
+    pairs = interleave(fm.update_fn(moe, samples), fm.update_fn(dense, samples), args.repeats, args.warmup)
     row = make_row("training tokens/s: Switch vs dense", f"{args.moe_arch} ({args.experts} experts, {args.estimator})",
-                   f"{args.dense_arch} (stock fairseq)", ta, tb, ">= 0.90",
-                   work=(moe.tokens[skip:], dense.tokens[skip:]),
+                   f"{args.dense_arch} (stock fairseq)", pairs, ">= 0.90", throughput=True,
                    notes=f"synthetic-mt, max_tokens {args.max_tokens}, {len(samples)} batches cycled, same batches "
                          f"both sides; parameters {moe.num_params:,} (Switch) vs {dense.num_params:,} (dense)",
                    extra={"params_moe": moe.num_params, "params_dense": dense.num_params})
