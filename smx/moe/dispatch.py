@@ -31,6 +31,13 @@ BACKENDS = ("auto", "fused", "grouped_mm", "loop")
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def expert_counts(expert_index: Tensor, num_experts: int) -> Tensor:
+    """Assignments per expert, (any shape) int64 -> (E,) int64. scatter_add, not bincount: bincount synchronises
+    with the host on accelerators."""
+    flat = expert_index.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add(0, flat, torch.ones_like(flat))
+
+
 def expert_capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: float | None) -> int | None:
     """Per-expert capacity C = ceil(capacity_factor * k * num_tokens / num_experts); None = dropless.
 
@@ -80,9 +87,7 @@ def plan_dispatch(
         by_priority = torch.argsort(priority.detach().reshape(-1), descending=True, stable=True)  # (tokens*k,)
         order = by_priority[torch.argsort(flat_expert[by_priority], stable=True)]  # grouped, priority inside
     sorted_expert = flat_expert[order]  # (tokens*k,) non-decreasing
-    # scatter_add, not bincount: bincount synchronises with the host on accelerators
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=device)
-    counts = counts.scatter_add(0, flat_expert, torch.ones_like(flat_expert))  # (n_experts,)
+    counts = expert_counts(flat_expert, num_experts)  # (n_experts,)
     inverse = None
     if capacity is None:
         assignment, expert = order, sorted_expert

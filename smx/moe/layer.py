@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from smx import estimators
 from smx.estimators.base import Estimator, Routing
 from smx.moe.config import MoEConfig
-from smx.moe.dispatch import DispatchPlan, all_experts, combine, expert_capacity, plan_dispatch, run_experts
+from smx.moe.dispatch import (DispatchPlan, all_experts, combine, expert_capacity, expert_counts, plan_dispatch,
+                              run_experts)
 from smx.moe.losses import RoutingStats, load_balance_loss, routing_stats, z_loss
 from smx.moe.router import Router
 
@@ -165,8 +166,7 @@ class MoEFeedForward(nn.Module):
         num_experts = self.config.num_experts
         sums = expert_out.detach().float().new_zeros(num_experts, self.d_model)
         sums.index_add_(0, plan.expert, expert_out.detach().float())  # (E, d)
-        counts = torch.zeros(num_experts, dtype=torch.int64, device=plan.expert.device)
-        counts = counts.scatter_add(0, plan.expert, torch.ones_like(plan.expert))  # (E,) (bincount would sync)
+        counts = expert_counts(plan.expert, num_experts)  # (E,)
         vectors = self.default_vectors.float()  # a copy if the module was cast to another dtype
         ema_update(vectors, self.default_initialized, sums, counts, float(self.estimator.beta))
         if vectors is not self.default_vectors:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from smx.moe.dispatch import expert_counts
+
 
 @dataclass(frozen=True)
 class RoutingStats:
@@ -24,8 +26,7 @@ class RoutingStats:
 
 def assignment_fractions(expert_index: Tensor, num_experts: int) -> Tensor:
     """f_i = (assignments routed to expert i) / (tokens * k), before any capacity drop. (tokens, k) -> (E,) f32."""
-    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).float()  # (n_experts,)
-    return counts / max(expert_index.numel(), 1)
+    return expert_counts(expert_index, num_experts).float() / max(expert_index.numel(), 1)
 
 
 def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
@@ -54,12 +55,10 @@ def router_entropy(probs: Tensor) -> Tensor:
 def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor) -> RoutingStats:
     """probs (tokens, E), expert_index (tokens, k), kept (tokens, k) bool (False = dropped by the capacity)."""
     with torch.no_grad():
-        num_experts = probs.shape[1]
-        load = assignment_fractions(expert_index, num_experts)  # (n_experts,)
+        counts = expert_counts(expert_index, probs.shape[1])  # (n_experts,)
         dropped = (~kept).sum().float() / max(kept.numel(), 1)
-        counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts)
         return RoutingStats(
-            load=load,
+            load=counts.float() / max(expert_index.numel(), 1),
             dropped=dropped,
             entropy=router_entropy(probs.float()),
             unused=(counts == 0).sum(),
