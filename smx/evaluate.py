@@ -1,6 +1,6 @@
 """Evaluation of a run directory: BLEU (tokenized and sacreBLEU) by beam search, perplexity for LM runs.
 
-The engine runs in a subprocess (`python -m fairseq_cli.generate` / `fairseq_cli.eval_lm`); this module never imports
+The engine runs in a subprocess (`python -m smx.engine_entry fairseq_cli.generate` / `fairseq_cli.eval_lm`); this module never imports
 fairseq. The scoring and parsing functions at the top are pure.
 
 Scores (RUN/eval/bleu.json):
@@ -241,8 +241,8 @@ def engine_base(module: str, bin_dir: Path, checkpoint: Path, subset: str, max_t
     from smx.fairseq_plugin import env
 
     # -P: the current directory is not put on sys.path, so a directory named smx/ (or fairseq/) there cannot
-    # shadow the installed packages in the engine process
-    return [sys.executable, "-P", "-m", module, str(bin_dir), "--path", str(checkpoint),
+    # shadow the installed packages in the engine process; smx.engine_entry runs `module` and exits cleanly
+    return [sys.executable, "-P", "-m", "smx.engine_entry", module, str(bin_dir), "--path", str(checkpoint),
             "--user-dir", str(env.user_dir()), "--gen-subset", subset, "--max-tokens", str(max_tokens), *env.EVAL_ARGS]
 
 

@@ -3,7 +3,7 @@
     argv = fairseq_argv(recipe, run_dir, data_dir, resume=False, device="cpu")    # pure
     status = train(recipe, run, data_dir, resume=False, device="cpu")              # runs fairseq_cli.train
 
-The engine runs as a subprocess (`python -m fairseq_cli.train`, or torchrun with smx.engine_entry when more than
+The engine runs as a subprocess (`python -m smx.engine_entry fairseq_cli.train`, under torchrun when more than
 one process), with the plugin's engine environment (smx.fairseq_plugin.env). Its output goes to train.log and is
 parsed into metrics.jsonl (smx.metrics); a rich progress bar follows it (smx.progress). The engine records every
 checkpoint's sha256 in checkpoints/SHA256SUMS as it saves it. SIGINT/SIGTERM make the engine save and stop; meta.json
@@ -160,14 +160,16 @@ def _free_port() -> int:
 
 
 def engine_command(argv: list[str], dist: Distributed, python: str = sys.executable) -> list[str]:
-    """The full command: `python -m fairseq_cli.train ...`, or torchrun running smx.engine_entry on every rank."""
+    """The full command: `python -m smx.engine_entry fairseq_cli.train ...`, under torchrun on every rank when more
+    than one process (smx.engine_entry: rank arguments, parent watch, clean exit)."""
     # -P: the working directory is not put on sys.path, so a local directory cannot shadow a module of the engine
+    entry = ["-m", "smx.engine_entry", "fairseq_cli.train", *argv]
     if dist.world_size == 1:
-        return [python, "-P", "-m", "fairseq_cli.train", *argv]
+        return [python, "-P", *entry]
     port = dist.master_port or (_free_port() if dist.nnodes == 1 else 29500)
     return [python, "-P", "-m", "torch.distributed.run", "--nproc-per-node", str(dist.nproc_per_node),
             "--nnodes", str(dist.nnodes), "--node-rank", str(dist.node_rank), "--master-addr", dist.master_addr,
-            "--master-port", str(port), "-m", "smx.engine_entry", *argv]
+            "--master-port", str(port), *entry]
 
 
 def engine_env_additions(recipe: Recipe, device: str, world_size: int = 1) -> dict[str, str]:

@@ -43,7 +43,7 @@ def test_eval_bleu_writes_scores_and_files(fake_run, fake_engine, capsys):
     assert (out / "test.ref.raw").read_text(encoding="utf-8").splitlines() == REFS_RAW
     (call,) = fake_engine
     argv = call["argv"]
-    assert call["total"] == 8 and argv[1:4] == ["-P", "-m", "fairseq_cli.generate"]
+    assert call["total"] == 8 and argv[1:5] == ["-P", "-m", "smx.engine_entry", "fairseq_cli.generate"]
     assert argv[argv.index("--path") + 1] == str(fake_run / "checkpoints" / "checkpoint_best.pt")
     for flag, value in [("--beam", "5"), ("--lenpen", "1.0"), ("--gen-subset", "test"), ("--source-lang", "en"),
                         ("--target-lang", "de"), ("--required-batch-size-multiple", "1"), ("--max-tokens", "4096")]:
@@ -160,7 +160,8 @@ def test_eval_ppl_lm_run(tmp_path, monkeypatch, capsys):
     r = json.loads((run / "eval" / "ppl.json").read_text())
     assert (r["loss"], r["ppl"], r["tokens"], r["loss_base"], r["subset"]) == (3.0, 8.0, 1024, 2, "valid")
     argv = calls[0]
-    assert argv[1:4] == ["-P", "-m", "fairseq_cli.eval_lm"] and argv[argv.index("--tokens-per-sample") + 1] == "64"
+    assert argv[1:5] == ["-P", "-m", "smx.engine_entry", "fairseq_cli.eval_lm"]
+    assert argv[argv.index("--tokens-per-sample") + 1] == "64"
     assert argv[argv.index("--max-tokens") + 1] == "64"  # raised to one block
     assert argv[argv.index("--required-batch-size-multiple") + 1] == "1"
     assert "ppl 8.00" in capsys.readouterr().out
@@ -179,4 +180,4 @@ def test_relative_data_root_found_from_run_ancestors(fake_run, fake_engine, tmp_
     monkeypatch.chdir(elsewhere)
     assert cli(["eval", "bleu", str(fake_run)]) == 0
     argv = fake_engine[0]["argv"]
-    assert Path(argv[4]).resolve() == (tmp_path / "data" / "synthetic-mt" / "bin").resolve()
+    assert Path(argv[5]).resolve() == (tmp_path / "data" / "synthetic-mt" / "bin").resolve()

@@ -87,11 +87,11 @@ def test_lm_argv():
 
 def test_engine_command_single_and_torchrun():
     single = launch.engine_command(["D", "--cpu"], launch.Distributed(), python="PY")
-    assert single == ["PY", "-P", "-m", "fairseq_cli.train", "D", "--cpu"]
+    assert single == ["PY", "-P", "-m", "smx.engine_entry", "fairseq_cli.train", "D", "--cpu"]
     dist = launch.Distributed(nproc_per_node=2, nnodes=2, node_rank=1, master_addr="h", master_port=1234)
     cmd = launch.engine_command(["D"], dist, python="PY")
     assert cmd == ["PY", "-P", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1",
-                   "--master-addr", "h", "--master-port", "1234", "-m", "smx.engine_entry", "D"]
+                   "--master-addr", "h", "--master-port", "1234", "-m", "smx.engine_entry", "fairseq_cli.train", "D"]
     assert dist.world_size == 4
 
 
