@@ -142,9 +142,14 @@ def _prepare_in(spec, root_dir: Path, root, src, config, merges: int, workers: i
         before = man.snapshot()
         prep = Prep(name, root_dir, man, reporter, workers, cache_dir(root))
         spec.build_raw(prep, src, config)
+        raw_ran = bool(prep.ran)  # the source was read (else the raw files come from the recorded source)
         pipeline.run(prep, spec, merges)
         pipeline.drop_stale(prep, set(prep.planned))
-        man.data.update(_header(spec, merges, config, src))
+        header = _header(spec, merges, config, src)
+        recorded = before.get("settings", {}).get("source") if isinstance(before.get("settings"), dict) else None
+        if not raw_ran and recorded is not None:
+            header["settings"]["source"] = recorded
+        man.data.update(header)
         man.data["summary"] = pipeline.summary(prep, spec)
         man.data["complete"] = True
         if man.data != before or not man.path.exists():

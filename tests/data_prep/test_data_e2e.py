@@ -52,7 +52,16 @@ def test_multi30k_from_source_dir(tmp_path):
     expected = multi30k_files(tmp_path / "src")
     data_prep.prepare("multi30k-en-de", root=tmp_path / "data", source=tmp_path / "src", bpe_merges=40,
                       progress=False)
-    _check("multi30k-en-de", tmp_path / "data", expected)
+    man = _check("multi30k-en-de", tmp_path / "data", expected)
+    assert man["settings"]["source"] == str(tmp_path / "src")
+    # a re-run naming another (here: empty) source reads nothing from it: the manifest keeps the source the raw
+    # files came from, byte for byte
+    manifest = tmp_path / "data" / "multi30k-en-de" / "manifest.json"
+    before = manifest.read_bytes()
+    (tmp_path / "other").mkdir()
+    data_prep.prepare("multi30k-en-de", root=tmp_path / "data", source=tmp_path / "other", bpe_merges=40,
+                      progress=False)
+    assert manifest.read_bytes() == before
 
 
 def test_ding_from_deb_in_cache_like_apt(tmp_path, monkeypatch):
