@@ -1,16 +1,9 @@
 """Evaluation of a run directory: BLEU (tokenized and sacreBLEU) by beam search, perplexity for LM runs.
 
-The engine runs in a subprocess (`python -m smx.engine_entry fairseq_cli.generate` / `fairseq_cli.eval_lm`); this module never imports
-fairseq. The scoring and parsing functions at the top are pure.
+The engine runs in a subprocess (`python -m smx.engine_entry fairseq_cli.generate` / `fairseq_cli.eval_lm`); this
+module never imports fairseq.
 
-Scores (RUN/eval/bleu.json):
-- bleu_tok: BLEU on Moses-tokenized text, as the SparseMixer paper reports for WMT'14 (its eval_moe.sh reports
-  fairseq-generate's BLEU4 on the tokenized, BPE-removed output): sacrebleu.corpus_bleu(tokenize="none",
-  smooth_method="none") of the BPE-removed hypotheses against data/<dataset>/tok/<subset>.<tgt>, which equals
-  fairseq's unsmoothed BLEU4 (and multi-bleu.perl). No compound splitting; for German targets the
-  compound-split variant (get_ende_bleu's `##AT##-##AT##` rule) is reported as well, as bleu_tok_compound_split.
-- sacrebleu: hypotheses detokenized with sacremoses (MosesDetokenizer of the target language), scored with
-  sacreBLEU's defaults (13a tokenization) against the raw reference; its signature is stored alongside.
+Scores (RUN/eval/bleu.json, RUN/eval/ppl.json) and the parsing of the engine's output: smx.scoring.
 
 Checkpoints are pickles (loading one runs code): every checkpoint file is checked against the sha256 smx recorded
 when it saved it (checkpoints/SHA256SUMS) before anything is written or unpickled, and the engine checks it again
@@ -19,128 +12,19 @@ right before loading; a mismatch or a missing record is refused unless trust_che
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import sacrebleu
-from sacremoses import MosesDetokenizer
-
+from smx.checkpoint_average import model_checkpoint
 from smx.errors import UserError
-
-_HYP = re.compile(r"^H-(\d+)\t[^\t]*\t?(.*)$")
-_LM_LOSS = re.compile(r"Loss \(base 2\): ([0-9.eE+-]+|nan|inf), Perplexity: ([0-9.eE+-]+|nan|inf)")
-_LM_TOKENS = re.compile(r"Evaluated ([0-9,]+) tokens in ([0-9.]+)s")
-_COMPOUND = re.compile(r"(\S)-(\S)")
-
-
-# ------------------------------------------------------------------------------------------------- pure functions
-def parse_generate(text: str) -> list[tuple[int, str]]:
-    """fairseq-generate output -> [(sentence id, hypothesis)] sorted by id (the first, best, hypothesis per id)."""
-    hyps: dict[int, str] = {}
-    for line in text.split("\n"):
-        m = _HYP.match(line.rstrip("\r"))
-        if m:
-            hyps.setdefault(int(m.group(1)), m.group(2))
-    return sorted(hyps.items())
-
-
-def check_count(pairs: list[tuple[int, str]], n_sentences: int) -> list[str]:
-    """Hypotheses in sentence order; ValueError unless the ids are exactly 0..n_sentences-1."""
-    ids = [i for i, _ in pairs]
-    if ids != list(range(n_sentences)):
-        missing = sorted(set(range(n_sentences)) - set(ids))
-        extra = sorted(set(ids) - set(range(n_sentences)))
-        raise UserError(
-            f"generate produced {len(ids)} hypotheses for {n_sentences} source sentences"
-            + (f"; missing ids {missing[:10]}{' ...' if len(missing) > 10 else ''}" if missing else "")
-            + (f"; unexpected ids {extra[:10]}" if extra else ""))
-    return [h for _, h in pairs]
-
-
-def compound_split(line: str) -> str:
-    """get_ende_bleu's compound splitting: `a-b` -> `a ##AT##-##AT## b`."""
-    return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line)
-
-
-def detokenize(lines: list[str], lang: str, moses: bool = True, unescape: bool = True) -> list[str]:
-    """Moses detokenization (sacremoses) of whitespace-tokenized lines; moses=False only normalizes whitespace."""
-    if not moses:
-        return [" ".join(line.split()) for line in lines]
-    md = MosesDetokenizer(lang=lang)
-    return [md.detokenize(line.split(), unescape=unescape) for line in lines]
-
-
-def _bleu_detail(b) -> dict:
-    return {"counts": list(b.counts), "totals": list(b.totals), "precisions": list(b.precisions), "bp": b.bp,
-            "sys_len": b.sys_len, "ref_len": b.ref_len}
-
-
-def score_bleu(hyps_tok: list[str], refs_tok: list[str], hyps_detok: list[str], refs_raw: list[str], *,
-               compound: bool = False) -> dict:
-    """Tokenized BLEU and sacreBLEU with its signature.
-
-    Tokenized: tokenize='none', smooth_method='none' on Moses-tokenized text (fairseq-generate's BLEU4 and
-    multi-bleu.perl: 0 when some n-gram order has no match). sacreBLEU: its defaults (13a, exp smoothing).
-    """
-    sizes = {len(hyps_tok), len(refs_tok), len(hyps_detok), len(refs_raw)}
-    if len(sizes) != 1:
-        raise ValueError(f"score_bleu: line counts differ (hyp tok {len(hyps_tok)}, ref tok {len(refs_tok)}, "
-                         f"hyp detok {len(hyps_detok)}, ref raw {len(refs_raw)})")
-    tok = sacrebleu.corpus_bleu(hyps_tok, [refs_tok], tokenize="none", smooth_method="none")
-    metric = sacrebleu.metrics.BLEU()
-    sb = metric.corpus_score(hyps_detok, [refs_raw])
-    out = {"n_sentences": len(hyps_tok), "bleu_tok": tok.score, "bleu_tok_detail": _bleu_detail(tok),
-           "sacrebleu": sb.score, "sacrebleu_signature": str(metric.get_signature()),
-           "sacrebleu_detail": _bleu_detail(sb)}
-    if compound:
-        cs = sacrebleu.corpus_bleu([compound_split(h) for h in hyps_tok], [[compound_split(r) for r in refs_tok]],
-                                   tokenize="none", smooth_method="none")
-        out["bleu_tok_compound_split"] = cs.score
-    return out
-
-
-def parse_eval_lm(text: str) -> dict:
-    """fairseq eval_lm log -> {"loss": base-2 loss per token, "ppl": 2 ** loss, "tokens": n}."""
-    loss, tokens = _LM_LOSS.findall(text), _LM_TOKENS.findall(text)
-    if not loss or not tokens:
-        raise UserError("eval_lm finished without a 'Loss (base 2)' / 'Evaluated N tokens' line (see the log)")
-    value = float(loss[-1][0])
-    return {"loss": value, "ppl": 2.0 ** value, "tokens": int(tokens[-1][0].replace(",", "")),
-            "engine_seconds": float(tokens[-1][1])}
-
-
-def idx_length(path: Path) -> int:
-    """Number of sentences in a fairseq binarized .idx file (mmap or legacy index), read from its header."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(34)
-    except OSError:
-        raise UserError(f"{path}: missing binarized index (prepare the data first: smx data prep)") from None
-    if head[:9] == b"MMIDIDX\x00\x00":
-        return struct.unpack("<Q", head[18:26])[0]
-    if head[:8] == b"TNTIDX\x00\x00":
-        return struct.unpack("<Q", head[24:32])[0]
-    raise UserError(f"{path}: not a fairseq index file")
-
-
-def read_lines(path: Path, what: str) -> list[str]:
-    """The lines of a text file (no line-end characters; only "\\n" separates lines)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        raise UserError(f"{path}: missing {what}") from None
-    lines = text.split("\n")
-    return lines[:-1] if text.endswith("\n") or not text else lines
+from smx.scoring import check_count, detokenize, idx_length, parse_eval_lm, parse_generate, read_lines, score_bleu
 
 
 # ------------------------------------------------------------------------------------------------ run resolution
@@ -354,10 +238,10 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     eval_dir = run / "eval"
     eval_dir.mkdir(exist_ok=True)
     start = time.time()
-    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, verify_env):
+    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, check_env):
         argv = generate_argv(bin_dir, ckpt, subset, src, tgt, beam, lenpen, max_tokens)
         text = run_engine(argv, eval_dir / f"{subset}.generate.log", f"beam search ({subset})", total=n,
-                          extra_env=verify_env)
+                          extra_env=check_env)
     hyps_tok = check_count(parse_generate(text), n)
     hyps_detok = detokenize(hyps_tok, ts.lang, ts.moses, ts.escape)
     scores = score_bleu(hyps_tok, refs_tok, hyps_detok, refs_raw, compound=ts.lang == "de")
@@ -397,69 +281,11 @@ def ppl(run: Path, checkpoint: str = "best", subset: str | None = None, max_toke
     eval_dir = run / "eval"
     eval_dir.mkdir(exist_ok=True)
     start = time.time()
-    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, verify_env):
+    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, check_env):
         argv = eval_lm_argv(bin_dir, ckpt, subset, tps, recipe.data.sample_break_mode, context_window, max_tokens)
-        text = run_engine(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})", extra_env=verify_env)
+        text = run_engine(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})", extra_env=check_env)
     result = {"run": str(run), "subset": subset, "checkpoint": checkpoint, "checkpoint_files": [str(p) for p in ckpts],
               **parse_eval_lm(text), "loss_base": 2, "tokens_per_sample": tps, "context_window": context_window,
               "max_tokens": max_tokens, "seconds": round(time.time() - start, 2), "argv": argv}
     result["path"] = str(_write_result(eval_dir, "ppl", result))
     return result
-
-
-@contextlib.contextmanager
-def model_checkpoint(spec: str, files: list[Path], digests: dict[Path, str] | None = None):
-    """(checkpoint file to evaluate, engine environment that makes the engine re-check its sha256 before loading):
-    files[0], or for avg:N their average in a temporary directory."""
-    from smx.fairseq_plugin import checksums
-
-    digests = digests or {}
-    if not spec.startswith("avg:"):
-        yield files[0], _verify_env({files[0]: digests[files[0]]} if files[0] in digests else {})
-        return
-    with tempfile.TemporaryDirectory(prefix="smx-avg-") as tmp:
-        out = Path(tmp) / "checkpoint_avg.pt"
-        average_checkpoints(files, out, digests)
-        yield out, _verify_env({out: checksums.sha256_file(out)})
-
-
-def _verify_env(digests: dict[Path, str]) -> dict[str, str]:
-    from smx.fairseq_plugin import checksums
-
-    return {checksums.VERIFY_ENV: checksums.verify_env_value(digests)} if digests else {}
-
-
-def average_checkpoints(paths: list[Path], out: Path, digests: dict[Path, str] | None = None) -> None:
-    """Average the model parameters of fairseq checkpoints in a subprocess (`python -m smx.evaluate average`)."""
-    from smx.fairseq_plugin import env
-
-    argv = [sys.executable, "-P", "-m", "smx.evaluate", "average", str(out), *map(str, paths)]
-    r = subprocess.run(argv, capture_output=True, text=True,
-                       env={**os.environ, **env.engine_env(), **_verify_env(digests or {})})
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"checkpoint averaging failed: {last}")
-
-
-def _average_main(out: str, *inputs: str) -> None:
-    """Mean of every floating-point tensor of state['model'] over the inputs; everything else from the newest."""
-    import torch
-
-    from smx.fairseq_plugin.checksums import verify_expected
-
-    total: dict = {}
-    state = None
-    for path in inputs:
-        verify_expected(path)  # the sha256 smx checked, right before unpickling
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        for k, v in state["model"].items():
-            if torch.is_floating_point(v):
-                total[k] = total.get(k, 0) + v.double()
-    state["model"] = {k: (total[k] / len(inputs)).to(v.dtype) if k in total else v for k, v in state["model"].items()}
-    torch.save(state, out)
-
-
-if __name__ == "__main__":  # python -m smx.evaluate average OUT IN... (run by average_checkpoints)
-    if len(sys.argv) < 4 or sys.argv[1] != "average":
-        sys.exit("usage: python -m smx.evaluate average OUT IN...")
-    _average_main(*sys.argv[2:])

@@ -10,14 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ARCHS = ("tiny", "small", "base", "big")
-LM_ARCHS = ("tiny", "small", "base")
-# Layers per encoder/decoder of the plugin's architectures (smx/fairseq_plugin/translation.py, lm.py), used to check
-# moe.*_layers before a run starts; model.encoder_layers / decoder_layers override them.
-ARCH_LAYERS: dict[str, dict[str, int]] = {
-    "translation": {"tiny": 2, "small": 6, "base": 6, "big": 6},
-    "language_modeling": {"tiny": 2, "small": 6, "base": 12},
-}
+from smx.fairseq_plugin.env import ARCH_LAYERS
+
+ARCHS = tuple(ARCH_LAYERS["translation"])
+LM_ARCHS = tuple(ARCH_LAYERS["language_modeling"])
 
 
 def _raise(problems: list[str]) -> None:

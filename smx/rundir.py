@@ -5,8 +5,7 @@
       tb/  checkpoints/{checkpoint_last.pt, checkpoint_best.pt, SHA256SUMS}  eval/  run.lock (while training)
 
 A run directory is never overwritten: create() refuses an existing path, resume() needs checkpoints/checkpoint_last.pt,
-and a lock (pid + host + process start time) refuses a second writer; a lock left by a dead process on this host (or
-by a process whose pid has since been reused) is taken over.
+and a lock (smx.runlock: pid + host + process start time) refuses a second writer.
 
 Checkpoint hashes: the engine records each checkpoint's sha256 in checkpoints/SHA256SUMS when it saves it
 (smx.fairseq_plugin.guards); verify_checkpoint() refuses, before anything unpickles it, a checkpoint whose hash does
@@ -21,7 +20,6 @@ import platform
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -106,110 +104,6 @@ def check_resume(path: str | Path) -> RunDir:
     if not run.last_checkpoint.is_file():
         raise UserError(f"--resume {path}: nothing to resume from (no checkpoints/checkpoint_last.pt)")
     return run
-
-
-# ---------------------------------------------------------------- lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_start(pid: int) -> int | None:
-    """Start time of process `pid` in clock ticks since boot (Linux /proc), or None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22 (starttime); fields 1-2 end at the last ')'
-    except (IndexError, ValueError):
-        return None
-
-
-def _owner_alive(pid: int, started: Any) -> bool:
-    """Is the lock's owner still running? A live pid with another start time is a reused pid: the owner is gone."""
-    if pid <= 0 or not _alive(pid):
-        return False
-    now_started = process_start(pid)
-    return not (isinstance(started, int) and now_started is not None and now_started != started)
-
-
-class Lock:
-    """An exclusive lock file `run.lock` holding {"pid", "host", "since", "started"} (started: the owner's process
-    start time, which tells a dead owner from a live process that got its pid); use as a context manager."""
-
-    def __init__(self, path: Path, warn: Callable[[str], None] | None = None):
-        self.path = Path(path)
-        self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-        self.held = False
-
-    def _try_create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
-                       "started": process_start(os.getpid())}, f)
-        return True
-
-    def acquire(self) -> "Lock":
-        for _ in range(3):
-            if self._try_create():
-                self.held = True
-                return self
-            try:
-                owner = json.loads(self.path.read_text())
-                pid, host, started = int(owner["pid"]), str(owner["host"]), owner.get("started")
-            except FileNotFoundError:
-                continue  # released meanwhile: retry
-            except (ValueError, KeyError, TypeError):
-                if time.time() - self.path.stat().st_mtime < 10:  # being written right now
-                    time.sleep(0.5)
-                    continue
-                pid, host, started = -1, socket.gethostname(), None
-            if host != socket.gethostname() or _owner_alive(pid, started):
-                raise self._in_use(pid, host)
-            stale = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
-            try:
-                os.rename(self.path, stale)  # atomic: only one taker wins
-            except FileNotFoundError:
-                continue
-            stale.unlink(missing_ok=True)
-            self.warn(f"took over the stale lock of dead process {pid} on {host} ({self.path})")
-        raise UserError(f"could not lock {self.path.parent}: another process keeps taking the lock")
-
-    def check_free(self) -> None:
-        """Raise UserError when a live process holds the lock (read-only: takes nothing, removes nothing)."""
-        try:
-            owner = json.loads(self.path.read_text())
-            pid, host, started = int(owner["pid"]), str(owner["host"]), owner.get("started")
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return
-        if host != socket.gethostname() or _owner_alive(pid, started):
-            raise self._in_use(pid, host)
-
-    def _in_use(self, pid: int, host: str) -> UserError:
-        return UserError(f"{self.path.parent} is in use by pid {pid} on host {host} (lock {self.path}); if that "
-                         "process is gone, delete the lock file")
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "Lock":
-        return self.acquire() if not self.held else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 # ---------------------------------------------------------------- snapshot / meta

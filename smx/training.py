@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from smx import launch, rundir
+from smx import launch, rundir, runlock
 from smx.errors import UserError
 from smx.launch import Distributed
 from smx.recipes import Recipe, load, loads, to_dict
@@ -88,7 +88,7 @@ def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path]:
     if not path.exists() and (req.runs_root / path).exists():
         path = req.runs_root / path
     run = rundir.check_resume(path)
-    rundir.Lock(run.lock).check_free()  # a second writer is refused before anything else is said about the run
+    runlock.Lock(run.lock).check_free()  # a second writer is refused before anything else is said about the run
     saved = loads(run.recipe.read_text(encoding="utf-8"), source=str(run.recipe))
     if req.recipe_path is not None:
         recipe = load(req.recipe_path, _overrides(req), estimator=req.estimator, notes=notes)
@@ -198,7 +198,7 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
     if req.dist.node_rank > 0:  # a worker node: the node-rank-0 launcher owns the run directory
         return launch.train_worker(p.recipe, p.run_path, data, resume=p.resume, device=p.device, dist=req.dist)
     run_dir = rundir.RunDir(p.run_path) if p.resume else rundir.create(p.run_path)
-    with rundir.Lock(run_dir.lock, warn=warn):
+    with runlock.Lock(run_dir.lock, warn=warn):
         verified = None
         if p.resume:  # a resume may have been started concurrently: re-check under the lock
             rundir.check_resume(run_dir.path)

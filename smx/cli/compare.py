@@ -11,7 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from smx import plots
-from smx.compare import N_BOOT, BOOT_SEED, Comparison, Interval, discover, load_run, summarize
+from smx.cli.output import table_console
+from smx.compare import Comparison, discover, load_run, summarize
+from smx.stats import BOOT_SEED, N_BOOT, Interval
+
+
 def fmt_interval(iv: Interval | None, digits: int = 3) -> str:
     if iv is None:
         return "-"
@@ -116,7 +120,7 @@ def compare(
         table.add_column(h, overflow="fold", no_wrap=i == 0)
     for r in rows:
         table.add_row(*r)
-    console = Console()
+    console = table_console()
     console.print(table)
     for n in c.notes:
         console.print(f"note: {n}", markup=False)

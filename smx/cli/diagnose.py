@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from smx import diagnose as diag
+from smx.cli.output import table_console
 from smx.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Diagnostics: router gradient fidelity against exact gradients.")
@@ -38,7 +38,7 @@ def gradients(
     if json_file is not None and not json_file.parent.is_dir():
         raise UserError(f"--json {json_file}: directory {json_file.parent} does not exist")
     result = diag.study(experts, k, tokens, samples, loss, jitter_eps, seed, reference_eps=reference_eps, offset=logit_offset)
-    console = Console()
+    console = table_console()
     s = result["settings"]
     eps = "reference defaults" if jitter_eps is None else f"{jitter_eps:g}"
     table = Table(title=f"Router gradient fidelity: E={experts} k={k} T={tokens} M={samples} loss={loss} "

@@ -33,8 +33,13 @@ EVAL_ARGS: tuple[str, ...] = ("--required-batch-size-multiple", "1")
 # Names the plugin registers (for validating recipes without importing fairseq).
 TRANSLATION_MODEL = "smx_switch_transformer"
 LM_MODEL = "smx_switch_lm"
-TRANSLATION_ARCHS: tuple[str, ...] = tuple(f"{TRANSLATION_MODEL}_{size}" for size in ("tiny", "small", "base", "big"))
-LM_ARCHS: tuple[str, ...] = tuple(f"{LM_MODEL}_{size}" for size in ("tiny", "small", "base"))
+# Architecture sizes `{model}_{size}` the plugin registers, per task, with their layers per encoder/decoder (the
+# values fairseq's architecture functions set in translation.py / lm.py; tests/fairseq_plugin checks they agree).
+# Recipes are validated against this table, so moe.*_layers errors are reported before a run starts.
+ARCH_LAYERS: dict[str, dict[str, int]] = {
+    "translation": {"tiny": 2, "small": 6, "base": 6, "big": 6},
+    "language_modeling": {"tiny": 2, "small": 6, "base": 12},
+}
 TRANSLATION_CRITERION = "smx_moe_label_smoothed_cross_entropy"
 LM_CRITERION = "smx_moe_cross_entropy"
 

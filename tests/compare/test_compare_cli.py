@@ -44,6 +44,13 @@ def test_compare_study_writes_outputs(study, capsys, monkeypatch):
     assert "| 21.00 ± 12.71 |" in md  # topk BLEU (tok): mean of 20 and 22, t(0.975, 1) * 1
 
 
+def test_compare_table_is_not_folded_in_a_pipe(study, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # stdout is captured: not a terminal
+    assert run(["compare", str(study)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "sparsemixer" in line]
+    assert rows and "1.67x [1.00, 3.00]" in rows[0]  # the whole row on one line, every cell unfolded
+
+
 def test_compare_run_dirs_with_out_and_target(study, tmp_path, capsys):
     out = tmp_path / "report"
     runs = [str(study / n) for n in ("topk-s1", "topk-s2", "sm-s1", "sm-s2")]

@@ -86,7 +86,7 @@ def test_sgm_segments(tmp_path):
 @pytest.mark.parametrize("use_dpkg", [True, False])
 def test_deb_member_unpacks_without_root(tmp_path, monkeypatch, use_dpkg):
     if use_dpkg and shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb not installed")
+        pytest.fail("dpkg-deb is missing: install dpkg (apt-get install dpkg) to test the dpkg-deb path", pytrace=False)
     if not use_dpkg:
         monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
     deb = write_deb(tmp_path / "trans-de-en_1.9-6_all.deb", {"usr/share/trans/de-en": b"A :: B\n"})

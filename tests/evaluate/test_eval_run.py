@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 import smx.evaluate as ev
+from smx import checkpoint_average
 from smx.cli import run as cli
-from smx.evaluate import checkpoint_files, detokenize, score_bleu
+from smx.evaluate import checkpoint_files
+from smx.scoring import detokenize, score_bleu
 from smx.rundir import write_checksums
 
 from eval_helpers import HYPS_TOK, REFS_RAW, REFS_TOK, generate_output
@@ -120,14 +122,15 @@ def test_checkpoint_files_selection(tmp_path):
 
 
 def test_average_checkpoints_subprocess(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     paths = []
     for i, (w, steps) in enumerate([(1.0, 5), (2.0, 7), (6.0, 9)]):
         state = {"model": {"w": torch.full((2, 3), w), "h": torch.full((2,), w, dtype=torch.float16),
                            "n": torch.tensor(steps)}, "extra_state": {"i": i}}
         paths.append(tmp_path / f"c{i}.pt")
         torch.save(state, paths[-1])
-    ev.average_checkpoints(paths, tmp_path / "avg.pt")
+    checkpoint_average.average_checkpoints(paths, tmp_path / "avg.pt")
     avg = torch.load(tmp_path / "avg.pt", weights_only=False)
     assert torch.equal(avg["model"]["w"], torch.full((2, 3), 3.0))
     assert avg["model"]["h"].dtype == torch.float16

@@ -26,8 +26,20 @@ def test_env_constants():
     assert env.user_dir() == Path(smx.__file__).resolve().parent / "fairseq_plugin"
     assert (env.user_dir() / "__init__.py").is_file()
     assert not (env.user_dir() / "models").exists()  # fairseq would import a models/ dir a second time
-    assert env.TRANSLATION_ARCHS == tuple(f"smx_switch_transformer_{s}" for s in ("tiny", "small", "base", "big"))
-    assert env.LM_ARCHS == ("smx_switch_lm_tiny", "smx_switch_lm_small", "smx_switch_lm_base")
+    assert env.ARCH_LAYERS == {"translation": {"tiny": 2, "small": 6, "base": 6, "big": 6},
+                               "language_modeling": {"tiny": 2, "small": 6, "base": 12}}
+
+
+def test_every_size_of_the_table_is_registered_with_fairseq():
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    import smx.fairseq_plugin.register  # noqa: F401
+
+    models = {"translation": env.TRANSLATION_MODEL, "language_modeling": env.LM_MODEL}
+    table = {f"{models[task]}_{size}" for task, sizes in env.ARCH_LAYERS.items() for size in sizes}
+    registered = {name for name in ARCH_MODEL_REGISTRY  # (fairseq also registers each model name as an arch)
+                  if name.startswith(tuple(models.values())) and name not in models.values()}
+    assert registered == table
 
 
 def test_env_imports_neither_fairseq_nor_torch():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import plugin_helpers as h
+from smx.fairseq_plugin import env
 from smx.fairseq_plugin.layers import MoEBlock, MoELayerMixin
 from smx.moe import MoEConfig, MoEFeedForward
 
@@ -30,6 +31,7 @@ ARCHS = {  # arch: (layers, d, ffn, heads, pre-LN)
 def test_translation_arch_sizes(dict_dir, arch):
     layers, d, ffn, heads, pre_ln = ARCHS[arch]
     args, _ = h.parse(h.mt_argv(dict_dir, "--arch", arch))
+    assert env.ARCH_LAYERS["translation"][arch.rsplit("_", 1)[1]] == layers  # recipes are checked against it
     for side in ("encoder", "decoder"):
         assert getattr(args, f"{side}_layers") == layers
         assert getattr(args, f"{side}_embed_dim") == d
@@ -66,6 +68,7 @@ def test_lm_arch_builds(dict_dir, arch):
     args, _ = h.parse(h.lm_argv(dict_dir, "--arch", arch, *extra))
     assert (args.decoder_layers, args.decoder_embed_dim, args.decoder_ffn_embed_dim,
             args.decoder_attention_heads) == (layers, d, ffn, heads)
+    assert env.ARCH_LAYERS["language_modeling"][arch.rsplit("_", 1)[1]] == layers
     if arch.endswith("_base"):
         extra += ["--decoder-layers", "4"]
         layers = 4

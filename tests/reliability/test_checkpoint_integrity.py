@@ -20,7 +20,7 @@ from smx.fairseq_plugin import checksums
 
 
 def test_hash_is_recorded_before_the_file_appears_and_a_kill_in_between_is_harmless(tmp_path: Path, monkeypatch):
-    guards = pytest.importorskip("smx.fairseq_plugin.guards")
+    import smx.fairseq_plugin.guards as guards
     ck = tmp_path / "checkpoints"
     ck.mkdir()
     guards._atomic_recorded(ck / "checkpoint_last.pt", lambda tmp: tmp.write_bytes(b"old"))
@@ -77,13 +77,14 @@ def test_verify_checkpoint_refuses_mismatch_and_unrecorded_unless_trusted(tmp_pa
 def test_the_unpickling_process_checks_the_hash_again(tmp_path: Path):
     """A file changed after smx checked it is refused by the process that would unpickle it (here the checkpoint
     averaging subprocess; the fairseq engine does the same in load_checkpoint_to_cpu)."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     for p in (a, b):
         torch.save({"model": {"w": torch.ones(2)}}, p)
     env = {**os.environ, checksums.VERIFY_ENV: checksums.verify_env_value({a: checksums.sha256_file(a),
                                                                             b: "0" * 64})}
-    r = subprocess.run([sys.executable, "-m", "smx.evaluate", "average", str(tmp_path / "avg.pt"), str(a), str(b)],
+    r = subprocess.run([sys.executable, "-m", "smx.checkpoint_average", str(tmp_path / "avg.pt"), str(a), str(b)],
                        capture_output=True, text=True, env=env)
     assert r.returncode != 0 and "refusing to load checkpoint" in r.stderr and str(b) in r.stderr
     assert not (tmp_path / "avg.pt").exists()
@@ -132,7 +133,8 @@ def test_engine_records_every_checkpoint_it_writes(short_run: Path):
 
 @pytest.mark.slow
 def test_resume_refuses_a_changed_checkpoint_unless_trusted(short_run: Path, tmp_path: Path, capsys):
-    torch = pytest.importorskip("torch")
+    import torch
+
     run = tmp_path / "run"
     shutil.copytree(short_run, run)
     last = run / "checkpoints" / "checkpoint_last.pt"
@@ -157,12 +159,13 @@ def test_resume_refuses_a_changed_checkpoint_unless_trusted(short_run: Path, tmp
 @pytest.mark.slow
 def test_engine_refuses_a_checkpoint_changed_after_smx_checked_it(short_run: Path, tmp_path: Path):
     import smx.evaluate as ev
+    from smx.checkpoint_average import verify_env
 
     ckpt = short_run / "checkpoints" / "checkpoint_best.pt"
     recipe = ev.load_run_recipe(short_run)
     bin_dir = ev.bin_dir_of(recipe, short_run)
     argv = ev.generate_argv(bin_dir, ckpt, "valid", "src", "tgt", 1, 1.0, 4096)
-    env = ev._verify_env({ckpt: "f" * 64})  # what smx verified differs from what is on disk now
+    env = verify_env({ckpt: "f" * 64})  # what smx verified differs from what is on disk now
     with pytest.raises(UserError, match="refusing to load checkpoint"):
         ev.run_engine(argv, tmp_path / "generate.log", "beam search", extra_env=env)
     assert "Traceback" in (tmp_path / "generate.log").read_text()  # stopped inside the engine, before torch.load

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smx import engine_run, metrics, rundir
+from smx import engine_run, metrics, rundir, runlock
 from smx.errors import UserError
 
 
@@ -43,11 +43,11 @@ def test_run_dir_is_never_overwritten(tmp_path: Path):
 
 def test_a_second_writer_is_refused_and_the_lock_left_alone(tmp_path: Path):
     lock = tmp_path / "run.lock"
-    with rundir.Lock(lock):
+    with runlock.Lock(lock):
         text = lock.read_text()
         owner = json.loads(text)
-        assert owner["pid"] == os.getpid() and owner["started"] == rundir.process_start(os.getpid())
-        for attempt in (rundir.Lock(lock).acquire, rundir.Lock(lock).check_free):
+        assert owner["pid"] == os.getpid() and owner["started"] == runlock.process_start(os.getpid())
+        for attempt in (runlock.Lock(lock).acquire, runlock.Lock(lock).check_free):
             with pytest.raises(UserError, match=f"in use by pid {os.getpid()} on host {socket.gethostname()}"):
                 attempt()
         assert lock.read_text() == text
@@ -57,7 +57,7 @@ def test_a_second_writer_is_refused_and_the_lock_left_alone(tmp_path: Path):
 def test_a_lock_of_another_host_is_never_taken(tmp_path: Path):
     lock = write_lock(tmp_path / "run.lock", 1, host="elsewhere")
     with pytest.raises(UserError, match="on host elsewhere"):
-        rundir.Lock(lock).acquire()
+        runlock.Lock(lock).acquire()
     assert json.loads(lock.read_text())["host"] == "elsewhere"
 
 
@@ -69,24 +69,24 @@ def test_stale_lock_after_a_crash_is_taken_over(tmp_path: Path, owner: str):
         write_lock(lock, pid, started=12345)
     elif owner == "reused pid":  # a live process with the pid, but not the one that took the lock
         pid = os.getppid()
-        write_lock(lock, pid, started=(rundir.process_start(pid) or 0) + 1)
+        write_lock(lock, pid, started=(runlock.process_start(pid) or 0) + 1)
     else:  # a crash while the lock was being written
         pid = -1
         lock.write_text('{"pid": 12')
         old = time.time() - 60
         os.utime(lock, (old, old))
     warnings: list[str] = []
-    rundir.Lock(lock).check_free()
-    with rundir.Lock(lock, warn=warnings.append):
+    runlock.Lock(lock).check_free()
+    with runlock.Lock(lock, warn=warnings.append):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert len(warnings) == 1 and f"took over the stale lock of dead process {pid}" in warnings[0]
 
 
 def test_a_live_owner_with_its_own_start_time_keeps_the_lock(tmp_path: Path):
     pid = os.getppid()
-    lock = write_lock(tmp_path / "run.lock", pid, started=rundir.process_start(pid))
+    lock = write_lock(tmp_path / "run.lock", pid, started=runlock.process_start(pid))
     with pytest.raises(UserError, match=f"in use by pid {pid}"):
-        rundir.Lock(lock).acquire()
+        runlock.Lock(lock).acquire()
 
 
 # ------------------------------------------------------------------------------------- metrics after a kill -9
@@ -133,7 +133,7 @@ def test_nonfinite_lines_are_recognized():
 def test_fairseq_floating_point_error_is_reported_with_its_update(monkeypatch, caplog):
     """fairseq's own NaN handling (non-finite gradients, "Minimum loss scale reached") raises FloatingPointError
     from Trainer.train_step; the plugin's wrapper logs the SMX_NONFINITE line naming the update, then re-raises."""
-    guards = pytest.importorskip("smx.fairseq_plugin.guards")
+    import smx.fairseq_plugin.guards as guards
     from fairseq.trainer import Trainer
 
     def original(self, samples, raise_oom=False):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from smx import recipes, rundir
+from smx import recipes, rundir, runlock
 from smx.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,11 +49,11 @@ def test_check_resume(tmp_path: Path):
 
 def test_lock_refuses_second_writer(tmp_path: Path):
     lock_path = tmp_path / "run.lock"
-    with rundir.Lock(lock_path) as lock:
+    with runlock.Lock(lock_path) as lock:
         owner = json.loads(lock_path.read_text())
         assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
         with pytest.raises(UserError, match=f"in use by pid {os.getpid()}"):
-            rundir.Lock(lock_path).acquire()
+            runlock.Lock(lock_path).acquire()
         assert lock.held
     assert not lock_path.exists()
 
@@ -64,7 +64,7 @@ def test_stale_lock_of_dead_process_taken_over(tmp_path: Path):
     lock_path = tmp_path / "run.lock"
     lock_path.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "then"}))
     warnings: list[str] = []
-    with rundir.Lock(lock_path, warn=warnings.append):
+    with runlock.Lock(lock_path, warn=warnings.append):
         assert json.loads(lock_path.read_text())["pid"] == os.getpid()
     assert len(warnings) == 1 and f"stale lock of dead process {pid}" in warnings[0]
 
@@ -73,7 +73,7 @@ def test_lock_of_another_host_refused(tmp_path: Path):
     lock_path = tmp_path / "run.lock"
     lock_path.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "then"}))
     with pytest.raises(UserError, match="on host elsewhere"):
-        rundir.Lock(lock_path).acquire()
+        runlock.Lock(lock_path).acquire()
     assert json.loads(lock_path.read_text())["host"] == "elsewhere"
 
 

@@ -7,7 +7,6 @@ TensorBoard events, checkpoint hashes matching SHA256SUMS, meta.json status done
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -131,7 +130,6 @@ def test_sigint_marks_interrupted(data_root: Path, tmp_path: Path):
     assert "Traceback" not in err.split("smx")[0]
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPU cores")
 def test_two_gloo_processes(train, tmp_path: Path):
     """--nproc-per-node 2 (torchrun, gloo, CPU) finishes; compared with one process at twice the batch."""
     assert train("tiny.yaml", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "ddp")) == 0

@@ -1,0 +1,134 @@
+"""Statistics of `smx compare` (pure functions, no dependencies beyond math and numpy).
+
+- Student-t intervals over seeds: mean +- t_{(1+level)/2, n-1} * s / sqrt(n) (s: sample std, ddof=1); the t quantile
+  comes from the regularized incomplete beta function (continued fraction, modified Lentz), so no scipy is needed;
+- updates-to-target on a validation curve, optionally interpolated;
+- a percentile bootstrap interval of a ratio of means (each group resampled on its own, fixed seed);
+- the mean curve over seeds on the updates every seed validated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVEL = 0.95
+N_BOOT = 10_000
+BOOT_SEED = 0
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution function."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_ppf(q: float, df: float) -> float:
+    """Student-t quantile (bisection on t_cdf), 0 < q < 1."""
+    if not 0.0 < q < 1.0 or df <= 0:
+        raise ValueError(f"t_ppf needs 0 < q < 1 and df > 0, got q={q}, df={df}")
+    if q < 0.5:
+        return -t_ppf(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < q:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean over seeds with a two-sided t-interval (lo/hi None with fewer than 2 values)."""
+
+    mean: float
+    lo: float | None
+    hi: float | None
+    n: int
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
+
+
+def mean_ci(values, level: float = LEVEL) -> Interval | None:
+    """Mean and Student-t interval of `values`; None when empty."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return Interval(mean, None, None, len(xs))
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    half = t_ppf(0.5 + level / 2.0, len(xs) - 1) * sd / math.sqrt(len(xs))
+    return Interval(mean, mean - half, mean + half, len(xs))
+
+
+def steps_to_target(curve, target: float, interpolate: bool = False) -> float | None:
+    """First validated update with value <= target (curve: (step, value) sorted by step); None if never reached.
+
+    interpolate: linear interpolation between the previous validation point (above the target) and that one.
+    """
+    prev = None
+    for step, value in curve:
+        if value <= target:
+            if interpolate and prev is not None and prev[1] > value:
+                s0, v0 = prev
+                return s0 + (v0 - target) / (v0 - value) * (step - s0)
+            return float(step)
+        prev = (step, value)
+    return None
+
+
+def bootstrap_ratio_ci(num, den, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = BOOT_SEED):
+    """Percentile bootstrap interval of mean(num) / mean(den); each sample resampled with replacement on its own."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    rng = np.random.default_rng(seed)
+    ra = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)  # (n_boot,)
+    rb = b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)  # (n_boot,)
+    lo, hi = np.quantile(ra / rb, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def mean_curve(curves):
+    """(steps, mean, min, max) over seeds at the updates every seed validated (all updates if they share none)."""
+    sets = [dict(c) for c in curves if c]
+    if not sets:
+        return [], [], [], []
+    common = sorted(set.intersection(*(set(s) for s in sets)))
+    if len(common) < 2:
+        common = sorted(set.union(*(set(s) for s in sets)))
+    rows = [[s[k] for s in sets if k in s] for k in common]
+    return common, [sum(r) / len(r) for r in rows], [min(r) for r in rows], [max(r) for r in rows]
