@@ -10,9 +10,10 @@ Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
 - Checkpoint hashes are recorded by the engine when it saves (never by smx re-hashing whatever is on disk); smx only
   drops the lines of checkpoints the engine removed. A resume passes the hash smx verified to the engine, which
   checks it again right before unpickling.
-- SIGINT / SIGTERM: the first one asks a one-process engine to save checkpoint_last.pt after the current update and
-  stop (torchrun: forwarded to its process group); a second one sends SIGTERM to the whole group, a third SIGKILL;
-  meta.json then says interrupted.
+- SIGINT / SIGTERM: the first one asks the engine to save checkpoint_last.pt after the current update and stop: a
+  SIGINT to the engine process, or under torchrun to its workers only (the agent would kill them at once; the
+  workers agree on the update to stop after, smx.fairseq_plugin.guards); a second one sends SIGTERM to the whole
+  group, a third SIGKILL; meta.json then says interrupted.
 - A resume drops the metrics logged after the checkpoint it loads (they are logged again), recovers from train.log
   the ones up to it that smx had not yet written when it was killed, and continues the wall clock.
 - A non-finite loss (SMX_NONFINITE line) ends the run as failed, with meta.json "failure" naming the update and the
@@ -21,6 +22,7 @@ Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -36,6 +38,7 @@ from typing import Any, Callable
 
 from smx import metrics
 from smx.fairseq_plugin import checksums
+from smx.procfs import children
 from smx.launch import Distributed, engine_command, engine_environment, fairseq_argv
 from smx.recipes import Recipe
 from smx.rundir import RunDir, now, prune_checksums, update_meta
@@ -47,7 +50,8 @@ _PR_SET_PDEATHSIG = 1
 class _State:
     proc: subprocess.Popen | None = None
     interrupts: int = 0
-    graceful: bool = False  # the engine saves and stops on SIGINT (one process)
+    graceful: bool = False  # the engine saves and stops on SIGINT (not a --node-rank > 0 worker node)
+    distributed: bool = False  # proc is the torchrun agent; its children are the engine processes
     nonfinite: dict | None = None
     saved: metrics.CheckpointEvent | None = None
     notes: list[str] = field(default_factory=list)
@@ -59,8 +63,12 @@ def _forward(state: _State, signum: int) -> None:
         return
     try:
         if state.interrupts == 1 and state.graceful:
-            os.kill(state.proc.pid, signal.SIGINT)  # the engine process only (not its data-loader workers)
-            return
+            targets = children(state.proc.pid) if state.distributed else [state.proc.pid]
+            if targets:  # the engine processes only (not torchrun's agent, not the data-loader workers)
+                for pid in targets:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGINT)
+                return
         sig = signal.SIGINT if state.interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM
         os.killpg(state.proc.pid, signal.SIGKILL if state.interrupts >= 3 else sig)
     except ProcessLookupError:
@@ -140,7 +148,7 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
     run.argv.write_text(shlex.join(cmd) + "\n")
     _remove_partial_checkpoints(run)
     extra = {checksums.VERIFY_ENV: checksums.verify_env_value(verified)} if verified else {}
-    state = _State(graceful=dist.world_size == 1)
+    state = _State(graceful=True, distributed=dist.world_size > 1)
     handlers = {}
     if _is_main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -154,7 +162,7 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
             session_start = log.tell()
             state.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=engine_environment(recipe, device, dist.world_size, extra), start_new_session=True,
+                env=engine_environment(recipe, device, extra), start_new_session=True,
                 preexec_fn=die_with_parent(),
             )
             for line in _follow(run.log, session_start, state.proc):
@@ -219,7 +227,7 @@ def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool
     """A node with --node-rank > 0: run its engine processes; the rank-0 node keeps the run directory's records."""
     (run_path / "checkpoints").mkdir(parents=True, exist_ok=True)
     argv = fairseq_argv(recipe, run_path, data_dir, resume=resume, device=device, world_size=dist.world_size)
-    proc = subprocess.Popen(engine_command(argv, dist), env=engine_environment(recipe, device, dist.world_size),
+    proc = subprocess.Popen(engine_command(argv, dist), env=engine_environment(recipe, device),
                             start_new_session=True, preexec_fn=die_with_parent())
     state = _State(proc=proc)
     handlers = {}

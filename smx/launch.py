@@ -172,25 +172,22 @@ def engine_command(argv: list[str], dist: Distributed, python: str = sys.executa
             "--master-port", str(port), *entry]
 
 
-def engine_env_additions(recipe: Recipe, device: str, world_size: int = 1) -> dict[str, str]:
+def engine_env_additions(recipe: Recipe, device: str) -> dict[str, str]:
     """Environment variables smx sets for the engine (recorded in meta.json): the plugin's, CPU threads, and the
-    switches of smx.fairseq_plugin.guards: record every checkpoint's sha256 when it is saved, and (one process
-    only) save a checkpoint and stop on the first SIGINT.
+    switches of smx.fairseq_plugin.guards: record every checkpoint's sha256 when it is saved, and save a checkpoint
+    and stop on the first SIGINT (every rank after the same update).
 
     On CPU, train.cpu_threads (default 1) threads per process: small models gain little from more, and an
     oversubscribed machine (other jobs, several engine processes) slows down many times with them.
     """
-    env = {**engine.engine_env(), "PYTHONUNBUFFERED": "1", checksums.RECORD_ENV: "1"}
-    if world_size == 1:
-        env[engine.GRACEFUL_STOP_ENV] = "1"
+    env = {**engine.engine_env(), "PYTHONUNBUFFERED": "1", checksums.RECORD_ENV: "1", engine.GRACEFUL_STOP_ENV: "1"}
     if device == "cpu" and recipe.train.cpu_threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(recipe.train.cpu_threads)
     return env
 
 
-def engine_environment(recipe: Recipe, device: str, world_size: int = 1,
-                       extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, **engine_env_additions(recipe, device, world_size), **(extra or {})}
+def engine_environment(recipe: Recipe, device: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, **engine_env_additions(recipe, device), **(extra or {})}
 
 
 def resolve_device(requested: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from smx.errors import UserError
+from smx.procfs import process_start
 from smx.rundir import LOCK_NAME, now
 
 
@@ -27,18 +28,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def process_start(pid: int) -> int | None:
-    """Start time of process `pid` in clock ticks since boot (Linux /proc), or None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22 (starttime); fields 1-2 end at the last ')'
-    except (IndexError, ValueError):
-        return None
 
 
 def _owner_alive(pid: int, started: Any) -> bool:

@@ -205,7 +205,7 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
             digest = rundir.verify_checkpoint(run_dir.last_checkpoint, req.trust_checkpoint, lambda msg: None)
             verified = {run_dir.last_checkpoint: digest}  # the engine checks it again right before unpickling
         extra = {"device": p.device, "world_size": req.dist.world_size,
-                 "engine_env": launch.engine_env_additions(p.recipe, p.device, req.dist.world_size)}
+                 "engine_env": launch.engine_env_additions(p.recipe, p.device)}
         info = {"checkpoint_sha256": p.checkpoint_sha256, "trusted": req.trust_checkpoint} if p.resume else None
         rundir.snapshot(run_dir, p.recipe, p.orig_text, req.argv, resumed=p.resume, extra=extra, resume_info=info)
         console.print(f"run directory: {run_dir.path}", highlight=False)

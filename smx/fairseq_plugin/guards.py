@@ -14,9 +14,11 @@ and a graceful stop on SIGINT. Installed once per engine process by smx.fairseq_
   crash.pt of the broken model) before any backward or optimizer step. fairseq's own FloatingPointError (non-finite
   gradients, "Minimum loss scale reached") is reported the same way with the update it happened in.
   $SMX_TEST_NONFINITE_AT=N (tests only) makes the training loss of update N NaN.
-- SIGINT (when $SMX_GRACEFUL_STOP=1, single-process `smx train`): the first one only sets a flag; after the current
-  update the trainer's stop_time_hours is set so that fairseq's own loop saves checkpoint_last.pt (validation
-  skipped) and stops cleanly. A second SIGINT interrupts at once.
+- SIGINT (when $SMX_GRACEFUL_STOP=1, set by `smx train`): the first one only sets a flag; after the current update
+  the trainer's stop_time_hours is set so that fairseq's own loop saves checkpoint_last.pt (validation skipped) and
+  stops cleanly. With several processes (torchrun) the flags are combined after every update (an all-reduce of one
+  number), so every rank stops after the same update even when the signal reached only some of them. A second
+  SIGINT interrupts at once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import torch
 from fairseq import checkpoint_utils
+from fairseq.distributed import utils as distributed_utils
 from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 
@@ -144,6 +147,16 @@ def _apply_stop(trainer, stop: _Stop) -> None:
         trainer.cfg.dataset.disable_validation = True
 
 
+def _stop_requested(trainer, stop: _Stop) -> bool:
+    """This rank's flag, or (several ranks) whether any rank's flag is set: every rank calls this after every update,
+    so the all-reduce lines up across ranks and they all stop after the same update."""
+    if trainer.data_parallel_world_size <= 1:
+        return stop.requested
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=trainer.device)
+    distributed_utils.all_reduce(flag, group=trainer.data_parallel_process_group)
+    return bool(flag.item() > 0)
+
+
 def _install_trainer_hooks(stop: _Stop | None, inject_at: int | None) -> None:
     original_train_step = Trainer.train_step
     original_valid_step = Trainer.valid_step
@@ -160,7 +173,7 @@ def _install_trainer_hooks(stop: _Stop | None, inject_at: int | None) -> None:
             raise
         finally:
             criterion.smx_poison = False
-        if stop is not None and stop.requested and not stop.applied:
+        if stop is not None and not stop.applied and _stop_requested(self, stop):
             _apply_stop(self, stop)
         return out
 

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from smx import procfs
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny.yaml"
 TINY_LM = REPO / "recipes" / "tiny_lm.yaml"
@@ -104,20 +106,9 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, po
     return False
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def dead(pid: int) -> bool:
     """Gone, or a zombie nobody has reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    return procfs.state(pid) in (None, "Z", "X")
 
 
 def saved_updates(log: Path) -> list[int]:

@@ -4,38 +4,51 @@ last good checkpoint and marks the run failed (slow: real engine runs on CPU).""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from rel_helpers import TINY, saved_updates, smx_process, wait_for
 
-from smx import metrics, rundir
+from smx import metrics, procfs, rundir
 from smx.cli import run as cli
 
 pytestmark = pytest.mark.slow
 
 
+def _train_until_first_save_then(run_dir: Path, args: list[str], act: Callable[[subprocess.Popen], None]):
+    """Start `smx train` (endless), wait for its first checkpoint, call act(proc), wait for the end: (proc, err)."""
+    proc = smx_process(["train", str(TINY), "--run-dir", str(run_dir), "--set", "train.max_update=100000",
+                        "--no-progress", *args])
+    try:
+        assert wait_for(lambda: saved_updates(run_dir / "train.log"), 240, proc), proc.communicate()
+        act(proc)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, err
+
+
 def test_sigint_saves_a_checkpoint_then_resume_continues_from_it(data_root: Path, tmp_path: Path, capsys):
     run_dir = tmp_path / "int"
-    proc = smx_process(["train", str(TINY), "--run-dir", str(run_dir), "--set", f"data.root={data_root}",
-                        "--set", "train.max_update=100000", "--no-progress"])
     log = run_dir / "train.log"
-    try:
-        assert wait_for(lambda: saved_updates(log), 240, proc), proc.communicate()  # first save: epoch end, 16
+
+    def second_writer_then_sigint(proc: subprocess.Popen) -> None:
+        assert saved_updates(log)[0] == 16  # first save: epoch end
         # a second writer is refused while the first one runs (and leaves the first one's lock alone)
         lock_before = (run_dir / "run.lock").read_text()
         assert cli(["train", "--resume", str(run_dir), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert f"is in use by pid {proc.pid} on host {socket.gethostname()}" in err and len(err.splitlines()) == 1
         assert (run_dir / "run.lock").read_text() == lock_before
-
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    proc, err = _train_until_first_save_then(run_dir, ["--set", f"data.root={data_root}"], second_writer_then_sigint)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "training interrupted" in err
     text = log.read_text()
@@ -57,6 +70,54 @@ def test_sigint_saves_a_checkpoint_then_resume_continues_from_it(data_root: Path
     assert loaded == [stopped]
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "done"
     assert saved_updates(log)[-1] == stopped + 4
+
+
+def test_sigint_under_torchrun_saves_once_after_the_same_update_on_every_rank(data_root: Path, tmp_path: Path):
+    """Two gloo processes: Ctrl-C reaches the workers (not torchrun's agent, which would kill them); they agree on
+    the update to stop after, rank 0 saves checkpoint_last.pt, and a two-process resume continues from it."""
+    run_dir = tmp_path / "ddp-int"
+    log = run_dir / "train.log"
+    common = ["--set", f"data.root={data_root}", "--nproc-per-node", "2", "--no-progress"]
+    proc, err = _train_until_first_save_then(run_dir, common, lambda proc: proc.send_signal(signal.SIGINT))
+    assert proc.returncode == 130, err
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    stopped = saved_updates(log)[-1]
+    assert stopped > saved_updates(log)[0]
+    assert f"smx: SIGINT received: saving checkpoint_last.pt after update {stopped} and stopping" in text  # rank 0
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["exit_code"] == 0 and meta["world_size"] == 2
+    assert rundir.verify_checksums(run_dir / "checkpoints") == []
+
+    assert cli(["train", "--resume", str(run_dir), "--set", f"train.max_update={stopped + 4}",
+                "--nproc-per-node", "2", "--no-progress"]) == 0
+    loaded = [e.updates for e in map(metrics.parse_event, log.read_text().splitlines()) if e and e.kind == "loaded"]
+    assert loaded == [stopped]  # (fairseq logs on rank 0 only)
+    assert saved_updates(log)[-1] == stopped + 4
+
+
+def test_a_signal_that_reaches_one_rank_stops_every_rank(data_root: Path, tmp_path: Path):
+    """SIGINT to rank 1's process only: rank 0 learns it from the per-update all-reduce, so both leave the loop
+    after the same update, rank 0 saves, and no collective is left waiting (the run ends instead of hanging)."""
+    run_dir = tmp_path / "one-rank"
+    log = run_dir / "train.log"
+    first = []
+
+    def sigint_one_worker(proc: subprocess.Popen) -> None:
+        first.append(saved_updates(log)[-1])
+        agents = procfs.children(proc.pid)
+        assert len(agents) == 1, agents
+        workers = procfs.children(agents[0])
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGINT)  # one of the two engine processes (which rank it is does not matter)
+
+    proc, err = _train_until_first_save_then(run_dir, ["--set", f"data.root={data_root}", "--nproc-per-node", "2"],
+                                             sigint_one_worker)
+    assert proc.returncode == 0, err  # smx itself was not interrupted: the engine stopped on its own
+    stopped = saved_updates(log)[-1]
+    assert first[0] < stopped < 100000
+    assert "Traceback" not in log.read_text()
+    assert rundir.verify_checkpoint(run_dir / "checkpoints" / "checkpoint_last.pt")
 
 
 def test_nan_loss_stops_names_the_update_and_keeps_the_last_good_checkpoint(data_root: Path, tmp_path: Path,

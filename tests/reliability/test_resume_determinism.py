@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 import pytest
-from rel_helpers import (TINY, WALL_CLOCK, children, comparable, dead, raw_keys, saved_updates, sigkill,
+from rel_helpers import (TINY, WALL_CLOCK, comparable, dead, raw_keys, saved_updates, sigkill,
                          smx_process, wait_for)
 
-from smx import metrics, rundir
+from smx import metrics, procfs, rundir
 from smx.cli import run as cli
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(reference: Path, data_root
     log = run_dir / "train.log"
     try:
         assert wait_for(lambda: any(u >= 16 for u in saved_updates(log)), 240, proc), proc.communicate()
-        engine = children(proc.pid)
+        engine = procfs.children(proc.pid)
         assert len(engine) == 1, engine
         sigkill(proc.pid)
         proc.wait(timeout=30)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smx import engine_run, metrics, rundir, runlock
+from smx import engine_run, metrics, procfs, rundir, runlock
 from smx.errors import UserError
 
 
@@ -46,7 +46,7 @@ def test_a_second_writer_is_refused_and_the_lock_left_alone(tmp_path: Path):
     with runlock.Lock(lock):
         text = lock.read_text()
         owner = json.loads(text)
-        assert owner["pid"] == os.getpid() and owner["started"] == runlock.process_start(os.getpid())
+        assert owner["pid"] == os.getpid() and owner["started"] == procfs.process_start(os.getpid())
         for attempt in (runlock.Lock(lock).acquire, runlock.Lock(lock).check_free):
             with pytest.raises(UserError, match=f"in use by pid {os.getpid()} on host {socket.gethostname()}"):
                 attempt()
@@ -69,7 +69,7 @@ def test_stale_lock_after_a_crash_is_taken_over(tmp_path: Path, owner: str):
         write_lock(lock, pid, started=12345)
     elif owner == "reused pid":  # a live process with the pid, but not the one that took the lock
         pid = os.getppid()
-        write_lock(lock, pid, started=(runlock.process_start(pid) or 0) + 1)
+        write_lock(lock, pid, started=(procfs.process_start(pid) or 0) + 1)
     else:  # a crash while the lock was being written
         pid = -1
         lock.write_text('{"pid": 12')
@@ -84,7 +84,7 @@ def test_stale_lock_after_a_crash_is_taken_over(tmp_path: Path, owner: str):
 
 def test_a_live_owner_with_its_own_start_time_keeps_the_lock(tmp_path: Path):
     pid = os.getppid()
-    lock = write_lock(tmp_path / "run.lock", pid, started=runlock.process_start(pid))
+    lock = write_lock(tmp_path / "run.lock", pid, started=procfs.process_start(pid))
     with pytest.raises(UserError, match=f"in use by pid {pid}"):
         runlock.Lock(lock).acquire()
 
@@ -158,3 +158,16 @@ def test_fairseq_floating_point_error_is_reported_with_its_update(monkeypatch, c
     message = engine_run.nonfinite_failure(bad, None, rundir.RunDir(Path("/nowhere")))["message"]
     assert message == ("non-finite gradients (fairseq: Minimum loss scale reached (0.0001). Your loss is probably "
                        "exploding.) at update 42: training stopped, no checkpoint had been saved; run marked failed")
+
+
+def test_procfs_sees_a_child_its_state_and_its_start_time():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in procfs.children(os.getpid())
+        assert procfs.state(child.pid) in ("R", "S")
+        assert procfs.process_start(child.pid) >= procfs.process_start(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in procfs.children(os.getpid())
+    assert procfs.state(child.pid) is None and procfs.process_start(child.pid) is None
