@@ -79,7 +79,8 @@ def score_bleu(hyps_tok: list[str], refs_tok: list[str], hyps_detok: list[str], 
     if len(sizes) != 1:
         raise ValueError(f"score_bleu: line counts differ (hyp tok {len(hyps_tok)}, ref tok {len(refs_tok)}, "
                          f"hyp detok {len(hyps_detok)}, ref raw {len(refs_raw)})")
-    tok = sacrebleu.corpus_bleu(hyps_tok, [refs_tok], tokenize="none", smooth_method="none")
+    # force: the tokenized score is meant for tokenized text (no "forgot to detokenize" warning; same score)
+    tok = sacrebleu.corpus_bleu(hyps_tok, [refs_tok], tokenize="none", smooth_method="none", force=True)
     metric = sacrebleu.metrics.BLEU()
     sb = metric.corpus_score(hyps_detok, [refs_raw])
     out = {"n_sentences": len(hyps_tok), "bleu_tok": tok.score, "bleu_tok_detail": _bleu_detail(tok),
@@ -87,7 +88,7 @@ def score_bleu(hyps_tok: list[str], refs_tok: list[str], hyps_detok: list[str], 
            "sacrebleu_detail": _bleu_detail(sb)}
     if compound:
         cs = sacrebleu.corpus_bleu([compound_split(h) for h in hyps_tok], [[compound_split(r) for r in refs_tok]],
-                                   tokenize="none", smooth_method="none")
+                                   tokenize="none", smooth_method="none", force=True)
         out["bleu_tok_compound_split"] = cs.score
     return out
 

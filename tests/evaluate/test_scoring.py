@@ -62,6 +62,17 @@ def test_tokenized_bleu_is_unsmoothed_like_fairseq():
     assert s["bleu_tok"] == 0.0 and s["bleu_tok_detail"]["counts"] == [5, 2, 0, 0] and s["sacrebleu"] > 0
 
 
+def test_tokenized_score_raises_no_detokenize_warning(caplog):
+    """sacrebleu warns "you forgot to detokenize" when 100 lines end in " .": the tokenized score is tokenized on
+    purpose, so it must not print that (the detokenized sacreBLEU score keeps sacrebleu's check)."""
+    hyps = [f"das ist satz nummer {i} ." for i in range(120)]
+    with caplog.at_level("WARNING", logger="sacrebleu"):
+        s = score_bleu(hyps, hyps, [h.replace(" .", ".") for h in hyps], [h.replace(" .", ".") for h in hyps],
+                       compound=True)
+    assert s["bleu_tok"] == pytest.approx(100.0) and s["bleu_tok_compound_split"] == pytest.approx(100.0)
+    assert "detokenize" not in caplog.text
+
+
 def test_score_bleu_perfect_and_length_mismatch():
     s = score_bleu(REFS_TOK, REFS_TOK, REFS_RAW, REFS_RAW)
     assert s["bleu_tok"] == pytest.approx(100.0) and s["sacrebleu"] == pytest.approx(100.0)
