@@ -146,7 +146,8 @@ def git_commit() -> dict:
         except (OSError, subprocess.CalledProcessError):
             return ""
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain"))
+    # changes to code, not the benchmarks' own output files (written as `make bench` goes)
+    dirty = bool(git("status", "--porcelain", "--", ".", ":(exclude)bench/results"))
     return {"commit": commit, "uncommitted_changes": dirty,
             "commit_label": commit + (" + uncommitted changes" if dirty else "")}
 
