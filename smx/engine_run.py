@@ -224,8 +224,9 @@ def nonfinite_failure(bad: dict, saved: metrics.CheckpointEvent | None, run: Run
 
 def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool, device: str,
                  dist: Distributed) -> str:
-    """A node with --node-rank > 0: run its engine processes; the rank-0 node keeps the run directory's records."""
-    (run_path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    """A node with --node-rank > 0: run its engine processes and write nothing. The rank-0 node creates the run
+    directory and keeps its records (its engine ranks are the only ones that save); creating any of it here could
+    make node 0, started later, refuse the directory as an existing run."""
     argv = fairseq_argv(recipe, run_path, data_dir, resume=resume, device=device, world_size=dist.world_size)
     proc = subprocess.Popen(engine_command(argv, dist), env=engine_environment(recipe, device),
                             start_new_session=True, preexec_fn=die_with_parent())

@@ -157,8 +157,9 @@ def plan(req: TrainRequest) -> Plan:
     return Plan(recipe, path, req.resume is not None, orig, device, tuple(notes), digest)
 
 
-def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = True) -> Path:
-    """The binarized data directory; prepares the dataset first when it is not (raises UserError if it cannot).
+def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = True, prepare: bool = True) -> Path:
+    """The binarized data directory; prepares the dataset first when it is not (raises UserError if it cannot, or
+    when `prepare` is false: a worker node never prepares, since two nodes would write the same files).
 
     Preparation is data_prep.prepare, the code behind `smx data prep`, with the dataset's defaults.
     """
@@ -169,6 +170,9 @@ def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = Tr
     name, root = recipe.data.dataset, Path(recipe.data.root)
     if not data_prep.is_prepared(name, root):
         command = f"smx data prep {name}" + (f" --out {root}" if root != Path("data") else "")
+        if not prepare:
+            raise UserError(f"dataset {name} is not prepared under {root}: a worker node (--node-rank > 0) does not "
+                            f"prepare data; run {command} first where every node sees it")
         if console is not None:
             console.print(f"dataset {name} is not prepared under {root}: preparing it ({command})", highlight=False)
         try:
@@ -194,7 +198,7 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
     p = plan(req)
     for note in p.notes:
         warn(note)
-    data = data_dir(p.recipe, console, progress=req.progress)
+    data = data_dir(p.recipe, console, progress=req.progress, prepare=req.dist.node_rank == 0)
     if req.dist.node_rank > 0:  # a worker node: the node-rank-0 launcher owns the run directory
         return launch.train_worker(p.recipe, p.run_path, data, resume=p.resume, device=p.device, dist=req.dist)
     run_dir = rundir.RunDir(p.run_path) if p.resume else rundir.create(p.run_path)

@@ -41,6 +41,22 @@ def test_unpreparable_dataset_cli_exit_2_no_run_dir(failing_prep, tmp_path: Path
     assert not (tmp_path / "runs").exists()
 
 
+def test_worker_node_never_prepares_data(tmp_path: Path, monkeypatch, capsys):
+    """--node-rank > 0 with an unprepared dataset: one line saying to prepare it first; nothing prepared, no run."""
+    import data_prep
+
+    monkeypatch.setattr(data_prep, "prepare", lambda *a, **k: pytest.fail("a worker node must not prepare data"))
+    root = tmp_path / "data"
+    assert run(["train", str(REPO / "recipes/tiny.yaml"), "--run-dir", str(tmp_path / "run"), "--set",
+                f"data.root={root}", "--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1",
+                "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: dataset synthetic-mt is not prepared under {root}: a worker node "
+                                f"(--node-rank > 0) does not prepare data; run smx data prep synthetic-mt --out "
+                                f"{root} first where every node sees it"], err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_data_dir_override_used_as_is(tmp_path: Path):
     recipe = recipes.load(REPO / "recipes/tiny.yaml", [f"data.dir={tmp_path}"])
     assert training.data_dir(recipe) == tmp_path

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from smx import metrics, recipes, rundir
+from smx import metrics, procfs, recipes, rundir
 from smx.estimators import names as estimator_names
 
 pytestmark = pytest.mark.slow
@@ -147,3 +147,44 @@ def test_two_gloo_processes(train, tmp_path: Path):
 
     print(f"words per batch: 2 procs {wpb(ddp):.0f}, 1 proc {wpb(single):.0f}")
     assert wpb(ddp) == pytest.approx(wpb(single), rel=0.25)  # the same batch size in tokens per update
+
+
+def test_two_nodes_on_one_host_worker_node_started_first(data_root: Path, tmp_path: Path):
+    """--nnodes 2 as on a cluster with a shared filesystem, both "nodes" on this host (one gloo process each). The
+    node-rank-1 launcher starts first and must leave the run directory to node 0 (creating it would make node 0
+    refuse the directory as existing); node 0 then keeps every record and both finish."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "two-nodes"
+
+    def node(rank: int) -> subprocess.Popen:
+        cmd = [sys.executable, "-c", "import sys; from smx.cli import run; sys.exit(run(sys.argv[1:]))", "train",
+               str(REPO / "recipes/tiny.yaml"), "--run-dir", str(run_dir), "--set", f"data.root={data_root}",
+               "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), "--no-progress"]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    worker = node(1)
+    try:
+        deadline = time.monotonic() + 120
+        while not procfs.children(worker.pid) and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the worker node's torchrun runs (everything before it has been done)
+        assert procfs.children(worker.pid), worker.communicate()
+        assert not run_dir.exists()
+        main = node(0)
+        try:
+            _, main_err = main.communicate(timeout=300)
+            _, worker_err = worker.communicate(timeout=60)
+        finally:
+            main.kill()
+    finally:
+        worker.kill()
+    assert main.returncode == 0, main_err
+    assert worker.returncode == 0, worker_err
+    entries = check_run_dir(run_dir)
+    assert max(e["step"] for e in entries) == 60  # tiny.yaml's max_update
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["world_size"] == 2 and "--nnodes 2" in (run_dir / "fairseq_argv.txt").read_text()
