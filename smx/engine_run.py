@@ -38,8 +38,8 @@ from typing import Any, Callable
 
 from smx import metrics
 from smx.fairseq_plugin import checksums
-from smx.procfs import children
 from smx.launch import Distributed, engine_command, engine_environment, fairseq_argv
+from smx.procfs import children
 from smx.recipes import Recipe
 from smx.rundir import RunDir, now, prune_checksums, update_meta
 

@@ -35,6 +35,6 @@ def children(pid: int) -> list[int]:
     found = []
     for stat in _PROC.glob("[0-9]*/stat"):
         fields = _stat_fields(stat)
-        if fields and len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
+        if fields is not None and len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
             found.append(int(stat.parent.name))
     return sorted(found)

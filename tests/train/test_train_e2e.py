@@ -22,6 +22,13 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
+def smx_train(run_dir: Path, data_root: Path, *args: str) -> subprocess.Popen:
+    """`smx train recipes/tiny.yaml --run-dir RUN_DIR ARGS` as a child process (stdout/stderr piped, text)."""
+    cmd = [sys.executable, "-c", "import sys; from smx.cli import run; sys.exit(run(sys.argv[1:]))", "train",
+           str(REPO / "recipes/tiny.yaml"), "--run-dir", str(run_dir), "--set", f"data.root={data_root}", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def check_run_dir(path: Path, split_keys: tuple[str, ...] = ("loss", "ppl")) -> list[dict]:
     run = rundir.RunDir(path)
     for f in (run.recipe, run.recipe_orig, run.meta, run.argv, run.metrics, run.log,
@@ -113,10 +120,7 @@ def test_resume_matches_uninterrupted_run(train, tmp_path: Path):
 
 def test_sigint_marks_interrupted(data_root: Path, tmp_path: Path):
     run_dir = tmp_path / "int"
-    cmd = [sys.executable, "-c", "import sys; from smx.cli import run; sys.exit(run(sys.argv[1:]))", "train",
-           str(REPO / "recipes/tiny.yaml"), "--run-dir", str(run_dir), "--set", f"data.root={data_root}",
-           "--set", "train.max_update=100000", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = smx_train(run_dir, data_root, "--set", "train.max_update=100000", "--no-progress")
     deadline = time.monotonic() + 240
     while not (run_dir / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -161,11 +165,8 @@ def test_two_nodes_on_one_host_worker_node_started_first(data_root: Path, tmp_pa
     run_dir = tmp_path / "two-nodes"
 
     def node(rank: int) -> subprocess.Popen:
-        cmd = [sys.executable, "-c", "import sys; from smx.cli import run; sys.exit(run(sys.argv[1:]))", "train",
-               str(REPO / "recipes/tiny.yaml"), "--run-dir", str(run_dir), "--set", f"data.root={data_root}",
-               "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
-               "--master-addr", "127.0.0.1", "--master-port", str(port), "--no-progress"]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return smx_train(run_dir, data_root, "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+                         "--master-addr", "127.0.0.1", "--master-port", str(port), "--no-progress")
 
     worker = node(1)
     try:
