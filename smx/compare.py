@@ -44,6 +44,8 @@ class RunData:
     records: tuple = field(repr=False)  # metrics.jsonl entries by step (smx.metrics.read: no epoch-end averages)
     bleu: dict | None = None
     ppl: dict | None = None
+    protocol: str = "controlled"  # router.protocol of its recipe (runs from before protocols: controlled)
+    settings: dict = field(default_factory=dict, repr=False)  # flattened resolved recipe, dotted keys
 
     def curve(self, metric: str) -> list[tuple[int, float]]:
         """(update, value) for `metric` (e.g. valid_loss), sorted by update; the last record of an update wins."""
@@ -101,6 +103,7 @@ def load_run(path: Path) -> RunData:
             raise UserError(f"{path / 'recipe.yaml'}: not valid YAML ({e.__class__.__name__})") from None
     data, router = recipe.get("data") or {}, recipe.get("router") or {}
     seed = meta.get("seed", recipe.get("seed"))
+    protocol = meta.get("protocol") or router.get("protocol") or "controlled"
     return RunData(
         path=path, name=str(meta.get("name") or path.name),
         task=str(meta.get("task") or recipe.get("task") or "?"),
@@ -108,7 +111,43 @@ def load_run(path: Path) -> RunData:
         estimator=str(meta.get("estimator") or router.get("estimator") or "?"),
         seed=int(seed) if isinstance(seed, (int, float)) else None,
         status=str(meta.get("status", "?")), records=tuple(metrics.read(path / "metrics.jsonl")),
-        bleu=_read_json(path / "eval" / "bleu.json"), ppl=_read_json(path / "eval" / "ppl.json"))
+        bleu=_read_json(path / "eval" / "bleu.json"), ppl=_read_json(path / "eval" / "ppl.json"),
+        protocol=str(protocol), settings=flatten(recipe))
+
+
+# Keys that name or seed a run rather than set how it trains; never listed as a difference between arms.
+_IDENTITY_KEYS = {"name", "seed", "router.estimator"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"moe": {"k": 1}} -> {"moe.k": 1}; router.options and router.per_estimator stay whole (one setting each)."""
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in ("router.options", "router.per_estimator"):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def setting_differences(runs: list[RunData]) -> dict[str, dict[str, list]]:
+    """Every resolved recipe key whose value is not the same for all runs: {key: {estimator: [distinct values]}}.
+
+    The estimator and seed themselves are not listed; a key that differs between the seeds of one estimator is
+    listed too (its list then holds several values).
+    """
+    keys = sorted({k for r in runs for k in r.settings} - _IDENTITY_KEYS)
+    out: dict[str, dict[str, list]] = {}
+    for key in keys:
+        values = [json.dumps(r.settings.get(key), sort_keys=True) for r in runs]
+        if len(set(values)) > 1:
+            per: dict[str, list] = {}
+            for r, v in zip(runs, values):
+                if json.loads(v) not in per.setdefault(r.estimator, []):
+                    per[r.estimator].append(json.loads(v))
+            out[key] = per
+    return out
 
 
 def discover(paths) -> list[Path]:
@@ -130,9 +169,17 @@ def discover(paths) -> list[Path]:
 
 
 def check_comparable(runs: list[RunData]) -> None:
-    """Refuse runs of different tasks or datasets with one line naming two runs that differ."""
+    """Refuse runs of different tasks, datasets or protocols with one line naming two runs that differ.
+
+    Protocols are never pooled: a reference arm and a controlled arm differ in more than the estimator, so a
+    speed-up between them would not be the estimator's; compare each protocol's runs on their own.
+    """
     first = runs[0]
     for r in runs[1:]:
+        if r.protocol != first.protocol:
+            raise UserError(f"cannot compare runs of different protocols: {first.path} (protocol {first.protocol}) "
+                            f"vs {r.path} (protocol {r.protocol}); their arms differ in more than the estimator, "
+                            "so compare each protocol's runs separately")
         for what in ("task", "dataset"):
             if getattr(r, what) != getattr(first, what):
                 raise UserError(f"cannot compare runs of different {what}s: {first.path} "
@@ -188,9 +235,12 @@ class Comparison:
     interpolate: bool
     groups: tuple[GroupSummary, ...]
     notes: tuple[str, ...]
+    protocol: str = "controlled"
+    differences: dict = field(default_factory=dict)  # setting_differences(): what differs between the arms
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "target": self.target, "target_source": self.target_source,
+        return {"protocol": self.protocol, "differences": self.differences,
+                "metric": self.metric, "target": self.target, "target_source": self.target_source,
                 "baseline": self.baseline, "interpolate": self.interpolate, "level": LEVEL,
                 "method": {"interval": "Student-t over seeds (ddof=1)",
                            "updates_to_target": "first validated update with metric <= target"
@@ -278,5 +328,7 @@ def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | N
     subsets = {(r.bleu.get("subset"), r.bleu.get("checkpoint")) for r in runs if r.bleu}
     if len(subsets) > 1:
         notes.append("BLEU from different subsets/checkpoints: " + ", ".join(sorted(f"{a}/{b}" for a, b in subsets)))
-    return Comparison(metric, target, target_source, baseline, interpolate, tuple(groups), tuple(notes))
+    return Comparison(metric, target, target_source, baseline, interpolate, tuple(groups), tuple(notes),
+                      protocol=runs[0].protocol,
+                      differences=setting_differences([r for est in order for r in by_est[est]]))
 

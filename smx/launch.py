@@ -85,12 +85,13 @@ def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resu
     a += ["--moe-drop-policy", moe.drop_policy]
     a += ["--moe-output-scale"] if moe.output_scale else []
     a += ["--moe-router-bias"] if moe.router_bias else []
-    a += ["--moe-input-jitter", _num(moe.input_jitter)]
+    a += ["--moe-input-jitter", _num(moe.input_jitter), "--moe-balance-source", moe.balance_source]
 
     a += ["--criterion", engine.TRANSLATION_CRITERION if tr else engine.LM_CRITERION]
     if tr:
         a += ["--label-smoothing", _num(t.label_smoothing)]
-    a += ["--moe-balance-weight", _num(moe.balance_weight), "--moe-zloss-weight", _num(moe.zloss_weight)]
+    a += ["--moe-balance-weight", _num(moe.balance_weight), "--moe-balance-reduction", moe.balance_reduction,
+          "--moe-zloss-weight", _num(moe.zloss_weight)]
 
     a += ["--optimizer", o.optimizer, "--adam-betas", f"({_num(o.betas[0])}, {_num(o.betas[1])})",
           "--adam-eps", _num(o.adam_eps), "--weight-decay", _num(o.weight_decay), "--clip-norm", _num(o.clip_norm),
@@ -118,6 +119,10 @@ def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resu
         a += ["--cpu"]
     elif t.fp16 in (True, "auto"):
         a += ["--fp16"]
+        if t.fp16_init_scale is not None:
+            a += ["--fp16-init-scale", str(t.fp16_init_scale)]
+        if t.fp16_scale_window is not None:
+            a += ["--fp16-scale-window", str(t.fp16_scale_window)]
     a += ["--ddp-backend", t.ddp_backend]
     if world_size > 1:
         a += ["--distributed-world-size", str(world_size)]

@@ -24,6 +24,22 @@ _UNUSED_BY = {
 }
 
 
+def _per_estimator_problems(router: RouterConfig) -> list[str]:
+    """router.per_estimator: every key an estimator, every option one that estimator takes."""
+    from smx import estimators
+
+    names, p = list(estimators.names()), []
+    for name, opts in router.per_estimator.items():
+        if name not in names:
+            p.append(f"router.per_estimator.{name}: unknown estimator{hint(str(name), names)} "
+                     f"(choices: {', '.join(names)})")
+            continue
+        valid = estimators.REGISTRY[name].option_names()
+        p += [f"router.per_estimator.{name}.{k}: unknown option for estimator {name!r}{hint(str(k), valid)} "
+              f"(valid options: {', '.join(valid) or 'none'})" for k in opts if k not in valid]
+    return p
+
+
 def _estimator_problems(router: RouterConfig, moe: MoEConfig | None) -> list[str]:
     from smx import estimators
 
@@ -92,6 +108,7 @@ def cross_problems(name: Any, task: Any, seed: Any, sections: dict[str, Any]) ->
     if sections.get("data") is not None:
         p.extend(_dataset_problems(task, sections["data"]))
     if sections.get("router") is not None:
+        p.extend(_per_estimator_problems(sections["router"]))
         p.extend(_estimator_problems(sections["router"], moe))
     return p
 

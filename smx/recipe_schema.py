@@ -89,7 +89,13 @@ class MoEConfig:
     output_scale: bool = False  # SparseMixer's learnable output scale omega (estimator-independent switch)
     router_bias: bool = False
     input_jitter: float = 0.0  # multiplicative router-input jitter U(1-eps, 1+eps), training only
-    balance_weight: float = 0.01  # loss += balance_weight * load-balance loss
+    balance_weight: float = 0.01  # loss += balance_weight * load-balance loss, reduced by balance_reduction
+    # token_mean: weight x mean over MoE layers per token (Switch paper); batch_sum: weight x sum over MoE layers on
+    # the SUMMED loss, i.e. divided by the batch's target tokens (the SparseMixer fairseq example)
+    balance_reduction: Literal["token_mean", "batch_sum"] = "token_mean"
+    # routed: router softmax + routed experts; reference: what the estimator's reference code uses (masked softmax
+    # for the SparseMixer v1 family, f from the deterministic top-k for GRIN)
+    balance_source: Literal["routed", "reference"] = "routed"
     zloss_weight: float = 0.0  # loss += zloss_weight * router z-loss
 
     def __post_init__(self) -> None:
@@ -120,6 +126,21 @@ class MoEConfig:
 class RouterConfig:
     estimator: str = "sparsemixer"  # smx.estimators.names()
     options: dict = field(default_factory=dict)  # the estimator's options, e.g. {jitter_eps: 0.1}
+    # controlled: every setting but the estimator from the recipe; reference: each arm as its authors trained it
+    # (smx.protocol)
+    protocol: Literal["controlled", "reference"] = "controlled"
+    # controlled only: options per estimator, merged over `options` for that estimator, e.g.
+    # {sparsemixer_v2: {jitter_eps: 0.01}}
+    per_estimator: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        for name, opts in self.per_estimator.items():
+            if not isinstance(opts, dict):
+                p.append(f"per_estimator.{name}: expected a mapping of options, got {opts!r}")
+        if self.per_estimator and self.protocol == "reference":
+            p.append("per_estimator: not used under protocol reference (each arm takes its reference's options)")
+        _raise(p)
 
 
 @dataclass(frozen=True)
@@ -163,6 +184,8 @@ class TrainConfig:
     save_interval_updates: int = 0  # 0 = only at epoch ends
     keep_last: int = 1  # interval checkpoints kept (checkpoint_last.pt and checkpoint_best.pt are always kept)
     fp16: bool | Literal["auto"] = "auto"  # auto = on GPU only
+    fp16_init_scale: int | None = None  # fairseq's --fp16-init-scale (null: fairseq's 128)
+    fp16_scale_window: int | None = None  # fairseq's --fp16-scale-window (null: fairseq's own choice)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 1
     cpu_threads: int = 1  # torch threads per engine process on CPU (OMP_NUM_THREADS); 0 = torch's default
@@ -187,6 +210,9 @@ class TrainConfig:
         for key in ("validate_interval_updates", "save_interval_updates", "num_workers", "cpu_threads"):
             _positive(p, key, getattr(self, key), allow_zero=True)
         _positive(p, "keep_last", self.keep_last)
+        for key in ("fp16_init_scale", "fp16_scale_window"):
+            if getattr(self, key) is not None:
+                _positive(p, key, getattr(self, key))
         if self.fp16 is True and self.device == "cpu":
             p.append("fp16: true needs a GPU but train.device is cpu (use fp16: auto)")
         _raise(p)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from smx import protocol
 from smx.errors import UserError
 from smx.recipe_io import apply_override, coerce, hint, parse_yaml, split_override
 from smx.recipe_checks import TASK_DEFAULTS, cross_problems
@@ -34,6 +35,7 @@ from smx.recipe_schema import (
 
 __all__ = ["Recipe", "load", "loads", "dump", "to_dict", "problems_of", "valid_keys"]
 
+REFERENCED = {"topk", *protocol.REFERENCES}  # estimators the protocols can resolve (every registered one)
 _TOP: dict[str, Any] = {"name": str, "task": Literal["translation", "language_modeling"], "seed": int}
 _REQUIRED_TOP = ("name", "task")
 _REQUIRED = (("data", "dataset"),)
@@ -77,6 +79,8 @@ def _check_override_path(path: list[str]) -> str | None:
         return None
     if len(path) == 3 and path[:2] == ["router", "options"]:
         return None
+    if len(path) in (3, 4) and path[:2] == ["router", "per_estimator"]:
+        return None
     return f"--set {dotted}: unknown key{hint(dotted, valid_keys())}"
 
 
@@ -117,7 +121,7 @@ def _build_section(sec: str, raw: Any, task: Any) -> tuple[Any, list[str]]:
     return (obj if not bad else None), p
 
 
-def _build(raw: dict) -> tuple[Recipe | None, list[str]]:
+def _build(raw: dict, notes: list[str]) -> tuple[Recipe | None, list[str]]:
     p: list[str] = []
     for key in raw:
         if key not in _TOP and key not in SECTIONS:
@@ -140,6 +144,9 @@ def _build(raw: dict) -> tuple[Recipe | None, list[str]]:
     if p:
         p += cross_problems(top.get("name"), top.get("task"), top.get("seed"), sections)
         return None, p
+    if "router" in sections and "moe" in sections and sections["router"].estimator in REFERENCED:
+        sections["router"], sections["moe"], more = protocol.resolve(sections["router"], sections["moe"])
+        notes.extend(more)
     try:
         return Recipe(**top, **sections), []
     except ValueError as e:
@@ -170,7 +177,7 @@ def problems_of(text: str, overrides: Sequence[str] = (), *, estimator: str | No
             apply_override(raw, path, value)
     if estimator is not None:
         notes.extend(_switch_estimator(raw, estimator))
-    recipe, more = _build(raw)
+    recipe, more = _build(raw, notes)
     return (recipe if not p else None), p + more
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from smx.errors import UserError
 from smx.fairseq_plugin import checksums
+from smx.protocol import arm_settings
 from smx.recipes import Recipe, dump
 
 LOCK_NAME = "run.lock"
@@ -194,7 +195,8 @@ def snapshot(run: RunDir, recipe: Recipe, orig_text: str | None, argv: Sequence[
     else:
         meta = {
             "name": run.path.name, "recipe": recipe.name, "task": recipe.task, "dataset": recipe.data.dataset,
-            "estimator": recipe.router.estimator, "seed": recipe.seed, "start": started, **common,
+            "estimator": recipe.router.estimator, "seed": recipe.seed, "protocol": recipe.router.protocol,
+            "arm": arm_settings(recipe), "start": started, **common,
         }
     write_meta(run, meta)
     return meta

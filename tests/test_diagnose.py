@@ -11,17 +11,19 @@ def test_study_rows_and_expected_ordering():
     r = study(experts=4, k=1, tokens=16, samples=3000, loss="linear", jitter_eps=1e6)
     rows = {row["estimator"]: row for row in r["rows"]}
     assert set(rows) == {"topk", "straight_through", "sparsemixer_1st", "sparsemixer", "sparsemixer_inf",
-                         "sparsemixer_v2", "default_moe"}
+                         "sparsemixer_v2", "default_moe", "densemixer"}
     # unbiased for a linear loss: bias within a few noise floors
     assert rows["sparsemixer_1st"]["rel_bias"] < 5 * rows["sparsemixer_1st"]["noise_floor"]
     assert rows["sparsemixer_v2"]["cosine"] > 0.99 and abs(rows["sparsemixer_v2"]["rel_bias"] - 0.5) < 0.05
     assert rows["topk"]["rel_std"] < 1e-9  # deterministic
+    assert rows["densemixer"]["rel_std"] < 1e-9  # deterministic too: top-k forward, dense backward
 
 
 def test_top1_estimators_are_skipped_for_k2():
     r = study(experts=3, k=2, tokens=4, samples=50, loss="quadratic")
     assert set(r["skipped"]) == {"sparsemixer_1st", "sparsemixer", "sparsemixer_inf"}
-    assert {row["estimator"] for row in r["rows"]} == {"topk", "straight_through", "sparsemixer_v2", "default_moe"}
+    assert {row["estimator"] for row in r["rows"]} == {"topk", "straight_through", "sparsemixer_v2", "default_moe",
+                                                             "densemixer"}
 
 
 def test_exact_gradient_k_equals_experts_has_no_routing_choice_left_but_order():
@@ -35,7 +37,7 @@ def test_cli_writes_json_and_refuses_overwrite(tmp_path, capsys):
     out = tmp_path / "fid.json"
     assert run(["diagnose", "gradients", "--tokens", "8", "--samples", "100", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["settings"]["tokens"] == 8 and len(data["rows"]) == 7
+    assert data["settings"]["tokens"] == 8 and len(data["rows"]) == 8
     before = out.read_text()
     assert run(["diagnose", "gradients", "--json", str(out)]) == 2
     assert "file exists" in capsys.readouterr().err

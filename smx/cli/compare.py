@@ -60,7 +60,8 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
 
 def markdown(c: Comparison, images: list[str]) -> str:
     headers, rows = table_rows(c)
-    lines = ["# smx compare", ""]
+    lines = ["# smx compare", "", protocol_line(c), ""]
+    lines += differences_lines(c)
     if c.target is not None:
         lines += [f"Target {c.metric} = {c.target:.4f} ({c.target_source}).", ""]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -76,6 +77,27 @@ def markdown(c: Comparison, images: list[str]) -> str:
     lines += [""] + [f"- {n}" for n in c.notes] if c.notes else []
     lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in images]
     return "\n".join(lines) + "\n"
+
+
+def protocol_line(c: Comparison) -> str:
+    if c.protocol == "reference":
+        return ("Protocol: **reference** (each arm trained as its reference code trains it; the settings that differ "
+                "between the arms are listed below).")
+    return ("Protocol: **controlled** (every setting but the estimator identical across arms"
+            + ("; yet some differ, listed below)." if c.differences else ")."))
+
+
+def differences_lines(c: Comparison) -> list[str]:
+    """A markdown table of every resolved setting that differs between the compared runs (none: nothing)."""
+    if not c.differences:
+        return ["Settings that differ between the arms: none besides the estimator.", ""]
+    estimators = [g.estimator for g in c.groups]
+    lines = ["Settings that differ between the arms:", "", "| setting | " + " | ".join(estimators) + " |",
+             "|" + "---|" * (len(estimators) + 1)]
+    for key, per in c.differences.items():
+        cells = [", ".join(json.dumps(v) for v in per.get(e, [])) or "-" for e in estimators]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_outputs(c: Comparison, out: Path) -> list[Path]:
@@ -122,6 +144,10 @@ def compare(
         table.add_row(*r)
     console = table_console()
     console.print(table)
+    console.print(protocol_line(c).replace("**", ""), markup=False)
+    for key, per in c.differences.items():
+        console.print(f"differs: {key}: " + "; ".join(f"{e} {', '.join(map(json.dumps, v))}" for e, v in per.items()),
+                      markup=False)
     for n in c.notes:
         console.print(f"note: {n}", markup=False)
     for p in write_outputs(c, out):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.syntax import Syntax
+from rich.table import Table
 
-from smx import recipes
+from smx import protocol, recipes
 from smx.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Check recipes and show them resolved.")
@@ -45,11 +47,27 @@ def show(
     estimator: Optional[str] = typer.Option(None, "--estimator", help="use this router estimator (as smx train)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="use this seed (as smx train)"),
 ) -> int:
-    """Print the resolved recipe (every key explicit, overrides applied) as YAML."""
+    """Print the resolved arm (protocol, estimator and the settings the protocol decides), then the resolved recipe
+    (every key explicit, overrides applied) as YAML."""
     overrides = list(set_) + ([f"seed={seed}"] if seed is not None else [])
     notes: list[str] = []
     recipe = recipes.load(file, overrides, estimator=estimator, notes=notes)
     for note in notes:
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"note: {note}", markup=False)
-    Console(soft_wrap=True).print(Syntax(recipes.dump(recipe), "yaml", theme="ansi_dark", background_color="default"))
+    out = Console(soft_wrap=True)
+    out.print(arm_table(protocol.arm_settings(recipe)))
+    out.print(Syntax(recipes.dump(recipe), "yaml", theme="ansi_dark", background_color="default"))
     return 0
+
+
+def arm_table(arm: dict) -> Table:
+    """The resolved arm as a two-column table (one row per setting; the reference's differences one row each)."""
+    table = Table(title=f"arm: {arm['estimator']} under protocol {arm['protocol']}", show_header=False,
+                  title_justify="left")
+    for key, value in arm.items():
+        if key == "differences":
+            for line in value:
+                table.add_row("differs from the reference", line)
+        elif key not in ("estimator", "protocol"):
+            table.add_row(key, json.dumps(value) if isinstance(value, (dict, bool)) or value is None else str(value))
+    return table

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from smx.estimators.base import Estimator, Routing
 from smx.estimators.default_moe import DefaultMoE
+from smx.estimators.densemixer import DenseMixer
 from smx.estimators.sparsemixer import SparseMixer
 from smx.estimators.sparsemixer_1st import SparseMixerFirstOrder
 from smx.estimators.sparsemixer_inf import SparseMixerIntegral
@@ -18,7 +19,7 @@ from smx.estimators.topk import TopK
 REGISTRY: dict[str, type[Estimator]] = {
     cls.name: cls
     for cls in (TopK, StraightThrough, SparseMixerFirstOrder, SparseMixer, SparseMixerIntegral, SparseMixerV2,
-                DefaultMoE)
+                DefaultMoE, DenseMixer)
 }
 
 __all__ = ["Estimator", "Routing", "REGISTRY", "names", "get"]

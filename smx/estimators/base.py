@@ -44,6 +44,19 @@ class Estimator:
             raise ValueError(f"moe.k={k} must be between 1 and moe.num_experts={num_experts}")
         if self.max_k is not None and k > self.max_k:
             raise ValueError(f"estimator {self.name!r} routes top-{self.max_k} only; got moe.k={k}")
+        if self.masked_sampling and getattr(self, "jitter_eps", None) == 0:
+            raise ValueError(
+                f"estimator {self.name!r} with jitter_eps=0 keeps only the argmax in its mask, so every gate is "
+                "constant 1 and the router would get no task gradient; use jitter_eps > 0 (reference 0.1, GRIN 0.01)"
+            )
+
+    def balance_inputs(self, logits: Tensor, routing: Routing, k: int) -> tuple[Tensor, Tensor]:
+        """(probs (tokens, E), expert_index (tokens, k)) that this estimator's REFERENCE code feeds its balance loss.
+
+        Default: the router softmax and the routed experts (Switch). Estimators whose reference differs override it;
+        the layer uses it only with moe balance_source "reference" (protocol reference).
+        """
+        return routing.probs, routing.expert_index
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -5,7 +5,9 @@ vector: the EMA (beta, 0.9 for 8 experts in the paper) of expert i's mean output
 updated before use in the step and detached. The layer keeps d and adds default_weight @ d with
 default_weight = p masked to the unselected experts.
 Backward: ordinary autograd: every p_i gets a gradient (through p_D <g, E_D> for the chosen, p_i <g, d_i> for the
-others), yet only the selected experts are computed. Eval: plain top-k (the default vectors are a training device).
+others), yet only the selected experts are computed.
+Eval: the same forward (the paper's eq. 11 has no train/eval split), with the default vectors frozen (no EMA update
+outside training). Plain top-k at eval would evaluate a different function from the one trained.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ class DefaultMoE(TopK):
 
     def __call__(self, logits: Tensor, k: int = 1, training: bool = True, generator=None) -> Routing:
         routing = super().__call__(logits, k, training, generator)
-        if not training:
-            return routing
         selected = one_hot_mask(routing.expert_index, logits.shape[-1])  # (tokens, E)
         default_weight = routing.probs.masked_fill(selected, 0.0)  # (tokens, E)
         return Routing(routing.expert_index, routing.gate, routing.probs, default_weight=default_weight)

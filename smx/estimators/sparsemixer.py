@@ -1,10 +1,13 @@
 """SparseMixer v1 (Liu et al., 2023, "Sparse Backpropagation for MoE Training"), top-1.
 
 Forward: D ~ masked softmax (Gumbel-max over the logits with experts outside the 2*eps band set to -inf);
-gate = s * p_D with s = 1 if D is the argmax or with probability 1/2, else s = 1/2 (the mid-point rule of the paper's
-ODE approximation of the routing gradient, its eq. for the mid-point method).
+gate = s * p_D with s = 1 if D is the argmax or with probability 1/2 (u > 1/2, u ~ U(0, 1), as the reference's
+`rand_like(...) > 0.5`), else s = 1/2 (the mid-point rule of the paper's ODE approximation of the routing gradient).
+p is the MASKED softmax (masked experts get 0), in training and in evaluation, as in the reference.
 Backward (router): dL/dz = 2 <g, E_D> p_D (e_D - p), written to the raw logits; the factor s is ignored because
 g = dL/dy already comes from the scaled forward.
+Balance loss of the reference (microsoft/SparseMixer sparsemixer/sparsemixer.py): E * sum_i f_i P_i with P the mean of
+the MASKED softmax and f the sampled experts' fractions (`balance_inputs`).
 
 The masked-sampling loop below is shared by the whole family (sparsemixer_1st, sparsemixer_inf, sparsemixer_v2),
 which differ only in the forward scale rule and the backward factor.
@@ -54,8 +57,8 @@ class SparseMixerGate(torch.autograd.Function):
 
 
 def midpoint_scale(is_argmax: Tensor, generator: torch.Generator | None) -> Tensor:
-    """s = 1 if argmax or with probability 1/2, else 1/2."""
-    first = is_argmax | (uniform(is_argmax.shape, is_argmax.device, generator) < 0.5)
+    """s = 1 if argmax or u > 1/2 (u ~ U(0, 1)), else 1/2."""
+    first = is_argmax | (uniform(is_argmax.shape, is_argmax.device, generator) > 0.5)
     return torch.where(first, 1.0, 0.5).float()
 
 
@@ -65,7 +68,7 @@ def route_masked(
 ) -> Routing:
     """k stages of masked sampling without replacement; stage j masks the experts chosen before it.
 
-    Eval mode: D = argmax of each stage, s = 1 (deterministic).
+    Eval mode: D = argmax of each stage, s = 1 (deterministic), and the gate's backward is its exact derivative.
     """
     logits = logits.float()  # (tokens, E); routing in float32, never modified in place
     tokens, num_experts = logits.shape
@@ -80,7 +83,9 @@ def route_masked(
             scale = scale_rule(index == argmax, generator)  # (tokens, 1)
         else:
             index, scale = argmax, torch.ones(tokens, 1, device=logits.device)
-        gates.append(SparseMixerGate.apply(logits, keep, index, scale.to(logits.device), grad_scale))
+        # eval: the plain derivative of the deterministic forward (as the references' autograd gives it)
+        gates.append(SparseMixerGate.apply(logits, keep, index, scale.to(logits.device),
+                                           grad_scale if training else 1.0))
         indices.append(index)
         chosen = chosen | one_hot_mask(index, num_experts)
     return Routing(
@@ -108,3 +113,8 @@ class SparseMixer(Estimator):
 
     def __call__(self, logits: Tensor, k: int = 1, training: bool = True, generator=None) -> Routing:
         return route_masked(logits, k, self.jitter_eps, training, generator, self.scale, self.grad_scale)
+
+    def balance_inputs(self, logits: Tensor, routing: Routing, k: int) -> tuple[Tensor, Tensor]:
+        """The reference's: P from the masked softmax it samples from, f from the sampled experts."""
+        z = logits.float()  # (tokens, E)
+        return masked_softmax(z, keep_mask(z, self.jitter_eps)), routing.expert_index

@@ -26,4 +26,4 @@ class SparseMixerIntegral(SparseMixer):
     def scale(self, is_argmax: Tensor, generator: torch.Generator | None) -> Tensor:
         u = uniform(is_argmax.shape, is_argmax.device, generator)
         s = uniform(is_argmax.shape, is_argmax.device, generator)
-        return torch.where(is_argmax | (u < 0.5), 1.0, s).float()
+        return torch.where(is_argmax | (u > 0.5), 1.0, s).float()

@@ -1,12 +1,14 @@
-"""Straight-through router gradient (Bengio et al., 2013); with `deterministic`, the DenseMixer variant.
+"""Straight-through router gradient (Bengio et al., 2013; as in the ReinMax repository) and Straight-Through Gumbel.
 
-Forward: D = top-k sample of softmax(z / tau) (Gumbel-max, without replacement for k >= 2), or with `deterministic`
-the top-k of z; the chosen experts' outputs are added with gate value 1 (hard one-hot).
-Backward: the hard one-hot h is treated as the surrogate q = softmax(z / tau) (with `gumbel`, q = softmax(z / tau + G)
-using the same Gumbel noise G as the sample, Straight-Through Gumbel-Softmax), so
-    dL/dz = J_q^T [<g, E_i(x)>]_i  over ALL experts i,
-which needs every expert's output: a dense estimator. The layer adds sum_i dense_weight_i * E_i(x) with
-dense_weight = q - stop_gradient(q) (forward value 0). In eval, D = top-k of z.
+Forward: D ~ softmax(z) (Gumbel-max on z + G, without replacement for k >= 2), or with `deterministic` the top-k of
+z; the chosen experts' outputs are added with gate value 1 (hard one-hot). tau does NOT change the sampling.
+Backward: the hard one-hot h is treated as a soft surrogate q:
+    straight-through (ReinMax's ST):      q = softmax(z / tau)
+    Straight-Through Gumbel (`gumbel`):   q = softmax((z + G) / tau), G the sample's own Gumbel noise, as
+                                          torch.nn.functional.gumbel_softmax(z, tau, hard=True)
+so dL/dz = J_q^T [<g, E_i(x)>]_i over ALL experts i, which needs every expert's output: a dense estimator. The layer
+adds sum_i dense_weight_i * E_i(x) with dense_weight = q - stop_gradient(q) (forward value 0). In eval, D = top-k of
+z. (`deterministic` is a deterministic-forward straight-through, not DenseMixer: that is the `densemixer` estimator.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from smx.estimators.base import Estimator, Routing, gumbel
 
 @dataclass(frozen=True)
 class StraightThrough(Estimator):
-    """Options: tau (softmax temperature), gumbel (Gumbel-softmax surrogate), deterministic (top-k forward)."""
+    """Options: tau (surrogate temperature), gumbel (Gumbel-softmax surrogate), deterministic (top-k forward)."""
 
     tau: float = 1.0
     gumbel: bool = False
@@ -46,9 +48,9 @@ class StraightThrough(Estimator):
             index = z.detach().topk(k, dim=-1).indices  # (tokens, k)
             surrogate = torch.softmax(z / self.tau, dim=-1)
         else:
-            noisy = z.detach() / self.tau + gumbel(z.shape, z, generator)  # (tokens, E)
-            index = noisy.topk(k, dim=-1).indices
-            surrogate = torch.softmax(z / self.tau + (noisy - z.detach() / self.tau), dim=-1) if self.gumbel \
+            noise = gumbel(z.shape, z, generator)  # (tokens, E)
+            index = (z.detach() + noise).topk(k, dim=-1).indices  # (tokens, k): D ~ softmax(z)
+            surrogate = torch.softmax((z + noise) / self.tau, dim=-1) if self.gumbel \
                 else torch.softmax(z / self.tau, dim=-1)
         gate = torch.ones(index.shape, device=z.device)  # (tokens, k), hard one-hot value
         dense = (surrogate - surrogate.detach()) if training else None  # (tokens, E), value 0

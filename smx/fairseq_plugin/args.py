@@ -1,4 +1,4 @@
-"""The --moe-* model arguments (CONTRACTS.md "fairseq plugin argv contract") and their translation to MoEConfig.
+"""The --moe-* model arguments  and their translation to MoEConfig.
 
 One dataclass per model family, one source of defaults: the translation model adds them to its legacy argparse
 parser (gen_parser_from_dataclass), the LM inherits them into its fairseq dataclass config. (No `from __future__
@@ -12,8 +12,10 @@ from typing import Any, Optional
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from smx.moe import MoEConfig
+from smx.moe.config import BALANCE_SOURCES
 
 DropPolicy = ChoiceEnum(["position", "probability"])
+BalanceSource = ChoiceEnum(list(BALANCE_SOURCES))
 LAYERS_HELP = ("comma-separated layer indices whose FFN is a MoE layer ('' = none; default: every other layer "
                "starting at 0)")
 
@@ -42,6 +44,10 @@ class MoEArgs(FairseqDataclass):
     moe_router_bias: bool = field(default=False, metadata={"help": "router linear layer with a bias"})
     moe_input_jitter: float = field(
         default=0.0, metadata={"help": "multiplicative U(1-eps, 1+eps) jitter on the router input (training)"}
+    )
+    moe_balance_source: BalanceSource = field(
+        default="routed", metadata={"help": "balance-loss inputs: router softmax + routed experts, or the "
+                                            "estimator's reference code's (masked softmax, deterministic top-k)"}
     )
 
 
@@ -110,6 +116,7 @@ def moe_config(args) -> MoEConfig:
         output_scale=bool(args.moe_output_scale),
         router_bias=bool(args.moe_router_bias),
         input_jitter=float(args.moe_input_jitter),
+        balance_source=str(getattr(args, "moe_balance_source", "routed")),
         activation=activation,
         activation_dropout=activation_dropout,
     )

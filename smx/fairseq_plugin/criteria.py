@@ -2,12 +2,16 @@
 
 Training objective, in fairseq's summed-loss convention (fairseq divides gradients by sample_size):
 
-    loss = task_loss_sum + sample_size * (A * mean_layers(balance) + B * mean_layers(zloss))
+    loss = task_loss_sum + balance_term + sample_size * B * mean_layers(zloss)
+    balance_term = sample_size * A * mean_layers(balance)     --moe-balance-reduction token_mean (default)
+                 = A * sum_layers(balance)                    --moe-balance-reduction batch_sum
 
 with A = --moe-balance-weight, B = --moe-zloss-weight, task_loss_sum the stock criterion's summed (label-smoothed)
 cross-entropy and sample_size the stock one (target tokens; sentences with --sentence-avg). Per token (per sentence)
-this is exactly task_loss + A * balance + B * zloss, the formula of the papers, whatever the batch size; with data
-parallelism each worker's aux term is weighted by its share of sample_size.
+token_mean is exactly task_loss + A * mean(balance) + B * zloss, the Switch paper's formula, whatever the batch
+size; batch_sum is the SparseMixer fairseq example's (`loss + balance_loss * alpha` on the summed loss, balance summed
+over the layers): per token A * sum(balance) / sample_size, about 10^3 x weaker at ~7k target tokens per batch
+(smx.moe.losses.balance_term). With data parallelism each worker's aux term is weighted by its share of sample_size.
 
 Logged (fairseq metrics; every value averaged over the logging interval, weighted by sample_size):
   loss, nll_loss, ppl   the TASK loss only, base 2, exactly as the stock criteria (comparable across estimators)
@@ -29,20 +33,26 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
 )
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.utils import item
 
 from smx.fairseq_plugin.env import LM_CRITERION, TRANSLATION_CRITERION
 from smx.fairseq_plugin.guards import checked_loss
+from smx.moe.losses import BALANCE_REDUCTIONS, balance_term
 
 PREFIX = "moe_"
+BalanceReduction = ChoiceEnum(list(BALANCE_REDUCTIONS))
 
 
 @dataclass
 class MoECriterionArgs(FairseqDataclass):
     moe_balance_weight: float = field(default=0.01, metadata={"help": "weight A of the load-balance loss"})
     moe_zloss_weight: float = field(default=0.0, metadata={"help": "weight B of the router z-loss"})
+    moe_balance_reduction: BalanceReduction = field(
+        default="token_mean", metadata={"help": "token_mean: A x mean over layers per token (Switch); batch_sum: A x "
+                                                "sum over layers on the summed loss (SparseMixer example)"}
+    )
 
 
 def _check_weights(balance_weight: float, zloss_weight: float) -> tuple[float, float]:
@@ -89,8 +99,12 @@ def reduce_moe_metrics(logging_outputs) -> None:
 class MoECriterionMixin:
     """The stock forward plus the MoE aux terms; subclasses combine it with a stock fairseq criterion."""
 
-    def _init_moe(self, moe_balance_weight: float, moe_zloss_weight: float) -> None:
+    def _init_moe(self, moe_balance_weight: float, moe_zloss_weight: float, moe_balance_reduction: str) -> None:
         self.moe_balance_weight, self.moe_zloss_weight = _check_weights(moe_balance_weight, moe_zloss_weight)
+        if str(moe_balance_reduction) not in BALANCE_REDUCTIONS:
+            raise ValueError(f"--moe-balance-reduction must be one of {', '.join(BALANCE_REDUCTIONS)}; "
+                             f"got {moe_balance_reduction!r}")
+        self.moe_balance_reduction = str(moe_balance_reduction)
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
@@ -111,8 +125,9 @@ class MoECriterionMixin:
         aux = extra.get("moe", []) if isinstance(extra, dict) else []
         if aux and reduce:
             terms = moe_aux_terms(aux)
-            loss = loss + sample_size * (self.moe_balance_weight * terms["balance"]
-                                         + self.moe_zloss_weight * terms["zloss"])
+            balances = torch.stack([a.balance_loss for a in aux])  # (layers,)
+            loss = loss + balance_term(balances, self.moe_balance_weight, self.moe_balance_reduction, sample_size)
+            loss = loss + sample_size * self.moe_zloss_weight * terms["zloss"]
             logging_output.update(moe_logging(aux, terms, sample_size))
             logging_output[PREFIX + "objective"] = loss.data
         loss = checked_loss(self, loss)  # NaN/inf: report + NonFiniteLoss before any backward (guards.py)
@@ -136,9 +151,9 @@ class SmxMoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionCo
 @register_criterion(TRANSLATION_CRITERION, dataclass=SmxMoELabelSmoothedCrossEntropyConfig)
 class SmxMoELabelSmoothedCrossEntropy(MoECriterionMixin, LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
-                 moe_balance_weight=0.01, moe_zloss_weight=0.0):
+                 moe_balance_weight=0.01, moe_zloss_weight=0.0, moe_balance_reduction="token_mean"):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        self._init_moe(moe_balance_weight, moe_zloss_weight)
+        self._init_moe(moe_balance_weight, moe_zloss_weight, moe_balance_reduction)
 
 
 @dataclass
@@ -148,6 +163,7 @@ class SmxMoECrossEntropyConfig(CrossEntropyCriterionConfig, MoECriterionArgs):
 
 @register_criterion(LM_CRITERION, dataclass=SmxMoECrossEntropyConfig)
 class SmxMoECrossEntropy(MoECriterionMixin, CrossEntropyCriterion):
-    def __init__(self, task, sentence_avg, moe_balance_weight=0.01, moe_zloss_weight=0.0):
+    def __init__(self, task, sentence_avg, moe_balance_weight=0.01, moe_zloss_weight=0.0,
+                 moe_balance_reduction="token_mean"):
         super().__init__(task, sentence_avg)
-        self._init_moe(moe_balance_weight, moe_zloss_weight)
+        self._init_moe(moe_balance_weight, moe_zloss_weight, moe_balance_reduction)

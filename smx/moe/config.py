@@ -1,4 +1,4 @@
-"""MoEConfig: the typed, frozen configuration of one MoE feed-forward layer (CONTRACTS.md, "MoE layer").
+"""MoEConfig: the typed, frozen configuration of one MoE feed-forward layer (DESIGN.md section 5).
 
 Every field is checked in __post_init__; a bad value raises ValueError naming the key as `moe.<field>`. The estimator
 name and options are checked when the layer is built (smx.estimators.get() + est.validate(k, num_experts)), because
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DROP_POLICIES = ("position", "probability")
+BALANCE_SOURCES = ("routed", "reference")  # router softmax + routed experts | the estimator's reference inputs
 ACTIVATIONS = ("relu", "gelu")
 
 
@@ -44,6 +45,7 @@ class MoEConfig:
     input_jitter: float = 0.0  # eps of the multiplicative U(1-eps, 1+eps) noise on the ROUTER input (training only)
     activation: str = "relu"
     activation_dropout: float = 0.0
+    balance_source: str = "routed"  # BALANCE_SOURCES: which probabilities and experts the balance loss uses
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_experts) or self.num_experts < 1:
@@ -70,5 +72,8 @@ class MoEConfig:
             raise ValueError(f"moe.input_jitter must be a number in [0, 1); got {self.input_jitter!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"moe.activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
+        if self.balance_source not in BALANCE_SOURCES:
+            raise ValueError(f"moe.balance_source must be one of {', '.join(BALANCE_SOURCES)}; "
+                             f"got {self.balance_source!r}")
         if not _is_number(self.activation_dropout) or not 0 <= self.activation_dropout < 1:
             raise ValueError(f"moe.activation_dropout must be a number in [0, 1); got {self.activation_dropout!r}")

@@ -3,7 +3,9 @@
 Per call: drop padding tokens, route them in float32 (Router), let the estimator pick experts and gates (Routing),
 dispatch by index to the experts (FFNs with stacked weights), combine gate x expert output, then add the estimator's
 extra terms: dense estimators get sum_i dense_weight_i E_i(x) over every expert, Default MoE gets
-default_weight @ default_vectors (an EMA of each expert's mean output, updated before use). Training uses
+default_weight @ default_vectors (an EMA of each expert's mean output, updated before use in training, frozen in
+evaluation). The balance loss takes the router softmax and the routed experts, or with balance_source "reference"
+what the estimator's reference code uses (Estimator.balance_inputs). Training uses
 capacity_factor, evaluation eval_capacity_factor (None = dropless); `self.training` also selects the estimator's
 training or (deterministic) evaluation routing.
 """
@@ -150,12 +152,16 @@ class MoEFeedForward(nn.Module):
         y = combine(expert_out, plan, routing.gate, num_tokens)  # (T, d) float32
         if all_out is not None and routing.dense_weight is not None:
             y = y + torch.einsum("te,ted->td", routing.dense_weight.float(), all_out.float())
-        if self.training and est.uses_default_vectors and routing.default_weight is not None:
-            self._update_default_vectors(expert_out, plan)
+        if est.uses_default_vectors and routing.default_weight is not None:
+            if self.training:  # evaluation uses the same forward with the vectors frozen
+                self._update_default_vectors(expert_out, plan)
             y = y + routing.default_weight.float() @ self.default_vectors.detach().float()  # (T, d)
         if self.omega is not None:
             y = y * self.omega.float()
-        balance = load_balance_loss(routing.probs.float(), routing.expert_index)
+        balance_probs, balance_index = routing.probs, routing.expert_index
+        if c.balance_source == "reference":
+            balance_probs, balance_index = est.balance_inputs(logits, routing, c.k)
+        balance = load_balance_loss(balance_probs.float(), balance_index)
         zl = z_loss(logits)
         stats = routing_stats(routing.probs, routing.expert_index, plan.kept)
         return y, balance, zl, stats

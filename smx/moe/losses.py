@@ -40,6 +40,24 @@ def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
     return num_experts * (f * mean_prob).sum()
 
 
+BALANCE_REDUCTIONS = ("token_mean", "batch_sum")
+
+
+def balance_term(balances: Tensor, weight: float, reduction: str, sample_size: float) -> Tensor:
+    """The balance term added to a SUMMED task loss (fairseq then divides the gradient by sample_size).
+
+    balances (layers,) per-MoE-layer balance losses of one forward.
+    token_mean (Switch paper):          sample_size * weight * mean_layers(B)  -> per token: weight * mean(B)
+    batch_sum (SparseMixer's fairseq example, translation_switch.py _get_loss):
+                                        weight * sum_layers(B)                 -> per token: weight * sum(B) / size
+    """
+    if reduction == "token_mean":
+        return sample_size * weight * balances.mean()
+    if reduction == "batch_sum":
+        return weight * balances.sum()
+    raise ValueError(f"balance reduction must be one of {', '.join(BALANCE_REDUCTIONS)}; got {reduction!r}")
+
+
 def z_loss(logits: Tensor) -> Tensor:
     """Router z-loss mean over tokens of logsumexp(z)^2. logits (tokens, E) -> ()."""
     lse = torch.logsumexp(logits.float(), dim=-1)  # (tokens,)

@@ -10,14 +10,20 @@ import yaml
 
 def write_run(root: Path, name: str, estimator: str, seed: int, valid: list[tuple[int, float]], *,
               task: str = "translation", dataset: str = "synthetic-mt", wps: list[float] = (1000.0,),
-              wall: float = 60.0, load: dict | None = None, bleu: dict | None = None, status: str = "done") -> Path:
+              wall: float = 60.0, load: dict | None = None, bleu: dict | None = None, status: str = "done",
+              protocol: str | None = None, moe: dict | None = None) -> Path:
     run = root / name
     run.mkdir(parents=True)
-    (run / "meta.json").write_text(json.dumps({"name": name, "status": status, "task": task, "dataset": dataset,
-                                               "estimator": estimator, "seed": seed}))
-    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": name, "task": task, "seed": seed,
-                                                     "data": {"dataset": dataset, "root": "data"},
-                                                     "router": {"estimator": estimator, "options": {}}}))
+    meta = {"name": name, "status": status, "task": task, "dataset": dataset, "estimator": estimator, "seed": seed}
+    router = {"estimator": estimator, "options": {}}
+    if protocol is not None:
+        meta["protocol"] = router["protocol"] = protocol
+    (run / "meta.json").write_text(json.dumps(meta))
+    recipe = {"name": name, "task": task, "seed": seed, "data": {"dataset": dataset, "root": "data"},
+              "router": router}
+    if moe is not None:
+        recipe["moe"] = moe
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     lines = []
     for i, w in enumerate(wps):
         rec = {"step": 10 * (i + 1), "split": "train", "epoch": 1, "loss": 9.0, "ppl": 512.0, "wps": w,

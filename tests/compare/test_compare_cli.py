@@ -99,3 +99,40 @@ def test_compare_non_run_directories(tmp_path, capsys, make):
 def test_compare_unknown_baseline(study, capsys):
     assert run(["compare", str(study), "--baseline", "nope"]) == 2
     assert "--baseline 'nope'" in capsys.readouterr().err
+
+
+def test_compare_refuses_to_pool_protocols(tmp_path, capsys):
+    a = write_run(tmp_path, "a", "topk", 1, [(10, 2.0)], protocol="reference")
+    b = write_run(tmp_path, "b", "sparsemixer", 1, [(10, 2.0)])  # no protocol recorded: controlled
+    assert run(["compare", str(a), str(b), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "different protocols" in err and "reference" in err and "controlled" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_states_the_protocol_and_every_setting_that_differs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    ref = {"router_bias": True, "balance_reduction": "batch_sum", "k": 1}
+    for seed in (1, 2):
+        write_run(tmp_path / "s", f"topk-{seed}", "topk", seed, [(10, 2.0), (20, 1.5)], protocol="reference",
+                  moe={**ref, "output_scale": False})
+        write_run(tmp_path / "s", f"sm-{seed}", "sparsemixer", seed, [(10, 2.0), (20, 1.4)], protocol="reference",
+                  moe={**ref, "output_scale": True, "balance_source": "reference"})
+    assert run(["compare", str(tmp_path / "s")]) == 0
+    printed = capsys.readouterr().out
+    assert "Protocol: reference" in printed and "differs: moe.output_scale: topk false; sparsemixer true" in printed
+    data = json.loads((tmp_path / "s" / "compare" / "compare.json").read_text())
+    assert data["protocol"] == "reference"
+    assert data["differences"] == {"moe.output_scale": {"topk": [False], "sparsemixer": [True]},
+                                   "moe.balance_source": {"topk": [None], "sparsemixer": ["reference"]}}
+    md = (tmp_path / "s" / "compare" / "compare.md").read_text()
+    assert "Protocol: **reference**" in md and "| moe.output_scale | false | true |" in md
+    assert "| moe.balance_source | null | \"reference\" |" in md
+
+
+def test_controlled_compare_says_only_the_estimator_differs(study, capsys):
+    assert run(["compare", str(study)]) == 0
+    md = (study / "compare" / "compare.md").read_text()
+    assert "Protocol: **controlled** (every setting but the estimator identical across arms)." in md
+    assert "Settings that differ between the arms: none besides the estimator." in md

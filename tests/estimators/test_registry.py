@@ -3,7 +3,8 @@ import torch
 
 from smx import estimators
 
-ALL = ["topk", "straight_through", "sparsemixer_1st", "sparsemixer", "sparsemixer_inf", "sparsemixer_v2", "default_moe"]
+ALL = ["topk", "straight_through", "sparsemixer_1st", "sparsemixer", "sparsemixer_inf", "sparsemixer_v2", "default_moe",
+       "densemixer"]
 
 
 def test_names_are_the_documented_set():
@@ -32,7 +33,7 @@ def test_reference_defaults():
 def test_every_masking_or_jittering_estimator_calls_it_jitter_eps():
     for name in ALL:
         opts = estimators.REGISTRY[name].option_names()
-        if name != "straight_through":
+        if name not in ("straight_through", "densemixer"):  # neither masks nor jitters
             assert "jitter_eps" in opts, name
 
 
@@ -44,7 +45,7 @@ def test_bad_option_values(name, opts):
 
 
 def test_dense_flags():
-    assert [n for n in ALL if estimators.get(n).dense] == ["straight_through"]
+    assert [n for n in ALL if estimators.get(n).dense] == ["straight_through", "densemixer"]
     assert [n for n in ALL if estimators.get(n).uses_default_vectors] == ["default_moe"]
 
 
@@ -65,9 +66,17 @@ def test_constant_gate_top1_is_refused():
     estimators.get("topk", normalize=True).validate(2, 4)
 
 
+@pytest.mark.parametrize("name,k", [("sparsemixer", 1), ("sparsemixer_1st", 1), ("sparsemixer_inf", 1),
+                                    ("sparsemixer_v2", 1), ("sparsemixer_v2", 2)])
+def test_masked_family_with_zero_eps_is_refused_as_a_constant_gate(name, k):
+    with pytest.raises(ValueError, match=f"estimator '{name}' with jitter_eps=0 .*constant 1.*no task gradient"):
+        estimators.get(name, jitter_eps=0.0).validate(k, 4)
+    estimators.get(name, jitter_eps=1e-3).validate(k, 4)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_shapes_dtypes_and_no_inplace(name):
-    k = 2 if name in ("topk", "straight_through", "sparsemixer_v2", "default_moe") else 1
+    k = 2 if name in ("topk", "straight_through", "sparsemixer_v2", "default_moe", "densemixer") else 1
     logits = torch.randn(10, 6, dtype=torch.bfloat16)
     before = logits.clone()
     r = estimators.get(name)(logits, k=k, training=True, generator=torch.Generator().manual_seed(0))

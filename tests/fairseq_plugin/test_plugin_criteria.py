@@ -121,3 +121,38 @@ def test_reduce_metrics_weights_by_sample_size():
     assert values["moe_load_enc0_e0"] == pytest.approx((2.5 + 22.5) / 40, abs=1e-4)
     assert values["moe_objective"] == pytest.approx(114 / 40 / math.log(2), abs=1e-3)
     assert SmxMoELabelSmoothedCrossEntropy.logging_outputs_can_be_summed()
+
+
+@pytest.mark.parametrize("reduction", ["token_mean", "batch_sum"])
+def test_balance_reduction_gradient(dict_dir, reduction):
+    """The balance term's gradient per target token (fairseq divides the summed loss by sample_size):
+    token_mean = A * mean over layers of dB/dtheta, batch_sum = A * sum over layers of dB/dtheta / target tokens."""
+    task, model, criterion = h.build(h.mt_argv(
+        dict_dir, "--moe-num-experts", "4", "--moe-estimator", "topk", "--moe-decoder-layers", "0,1",
+        "--dropout", "0", "--label-smoothing", str(EPS), "--moe-balance-weight", str(ALPHA),
+        "--moe-zloss-weight", "0", "--moe-balance-reduction", reduction))
+    model.train()
+    sample = h.mt_sample(task, PAIRS)
+    router = model.encoder.layers[0].fc1.moe.router.proj.weight
+    torch.manual_seed(7)
+    loss, sample_size, log = criterion(model, sample)
+    (full,) = torch.autograd.grad(loss / sample_size, router)  # what the optimizer sees per target token
+    torch.manual_seed(7)
+    logits, extra = model(**sample["net_input"])
+    task_loss, _ = _hand_label_smoothed(logits, sample["target"], task.target_dictionary.pad(), EPS)
+    balances = [a.balance_loss for a in extra["moe"]]  # enc0, dec0, dec1
+    (task_grad,) = torch.autograd.grad(task_loss / sample_size, router, retain_graph=True)
+    layer_grads = [torch.autograd.grad(b, router, retain_graph=True, allow_unused=True)[0] for b in balances]
+    layer_grads = [torch.zeros_like(router) if g is None else g for g in layer_grads]
+    if reduction == "token_mean":
+        expected = ALPHA * sum(layer_grads) / len(layer_grads)
+    else:
+        expected = ALPHA * sum(layer_grads) / sample_size
+    assert sample_size == int(sample["target"].ne(task.target_dictionary.pad()).sum()) > 1
+    torch.testing.assert_close(full - task_grad.float(), expected, rtol=1e-4, atol=1e-7)
+    assert expected.abs().sum() > 0  # the encoder router really gets a balance gradient
+
+
+def test_unknown_balance_reduction_is_refused(dict_dir):
+    with pytest.raises(SystemExit):  # argparse choice error, before any model is built
+        h.build(h.mt_argv(dict_dir, "--moe-balance-reduction", "mean"))

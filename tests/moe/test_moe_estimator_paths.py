@@ -85,10 +85,17 @@ def test_default_moe_ema_and_output_after_two_steps():
     (out.y.sum()).backward()
     assert layer.router.proj.weight.grad[1].abs().sum() > 0  # the idle expert's logit gets a gradient
 
-    layer.eval()  # eval: plain top-k, no update
+    layer.eval()  # eval: the training-form forward with the default vectors frozen (no update)
     before = layer.default_vectors.clone()
-    torch.testing.assert_close(layer(step2).y, sparse.detach())
+    step3 = torch.tensor([[0, 0.9, 0, 1.0], [0, 0, 0.7, 0.2]])  # experts 1, 2: an update would move rows 1 and 2
+    o3 = all_outputs(layer, step3)
+    p3 = torch.softmax(10 * step3[:, :3], -1)
+    chosen3 = torch.tensor([1, 2])
+    sparse3 = p3[[0, 1], chosen3].unsqueeze(1) * o3[[0, 1], chosen3]
+    weight3 = p3.masked_fill(F.one_hot(chosen3, 3).bool(), 0.0)
+    torch.testing.assert_close(layer(step3).y, (sparse3 + weight3 @ before).detach())
     assert torch.equal(layer.default_vectors, before)
+    assert not torch.allclose(sparse3 + weight3 @ before, sparse3)  # the default term is really there
 
 
 def test_default_moe_state_dict_round_trip():
@@ -124,3 +131,38 @@ def test_every_estimator_trains_and_evaluates_deterministically(name):
         a = layer(x, padding_mask=pad)
         b = layer(x, padding_mask=pad, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a.y, b.y) and torch.equal(a.balance_loss, b.balance_loss)
+
+
+@pytest.mark.parametrize("k,normalize", [(1, False), (2, False), (2, True)])
+def test_densemixer_router_gets_the_dense_gradient_and_experts_the_topk_gradient(k, normalize):
+    """Router: dL/dz = J_w^T [<g, E_e(x)>]_e over every expert (w = p, or renormalized over the chosen k with the
+    others divided by a constant r); experts: the gradients top-k gives them (their routed tokens only)."""
+    torch.manual_seed(0)
+    x, g = torch.randn(9, 4), torch.randn(9, 4)
+    dm = make(d=4, num_experts=4, k=k, estimator="densemixer", estimator_options={"normalize": normalize})
+    tk = make(d=4, num_experts=4, k=k, estimator="topk", estimator_options={"normalize": normalize})
+    tk.load_state_dict(dm.state_dict())
+    out = dm(x)
+    (out.y * g).sum().backward()
+    out_tk = tk(x)
+    (out_tk.y * g).sum().backward()
+    torch.testing.assert_close(out.y, out_tk.y)  # forward: plain top-k
+    for name in ("w1", "b1", "w2", "b2"):
+        torch.testing.assert_close(getattr(dm, name).grad, getattr(tk, name).grad)
+
+    with torch.no_grad():
+        z = dm.router(x)  # (T, E)
+        p = torch.softmax(z, -1)
+        chosen = p.topk(k, -1).indices
+        v = torch.einsum("td,ted->te", g, all_outputs(dm, x))  # <g, E_e(x)>
+        grad_z = p * (v - (p * v).sum(-1, keepdim=True))  # J_p^T v
+        if normalize:
+            mask = F.one_hot(chosen, 4).sum(1).bool()
+            r = (p * mask).sum(-1, keepdim=True)
+            dp = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # (T, E, E): dp_e/dz_j
+            dr = (dp * mask.unsqueeze(2)).sum(1)  # (T, E): dr/dz_j
+            # w_e = p_e / r on the chosen experts (r differentiated), p_e / r(const) elsewhere
+            grad_z = torch.einsum("te,tej->tj", v, dp) / r - (v * p * mask).sum(-1, keepdim=True) * dr / r ** 2
+        expected = grad_z.T @ x  # (E, d): dL/dW of the bias-free router
+    torch.testing.assert_close(dm.router.proj.weight.grad, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(dm.router.proj.weight.grad, tk.router.proj.weight.grad)  # not the top-k gradient

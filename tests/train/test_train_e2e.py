@@ -78,7 +78,24 @@ def test_tiny_recipe_with_each_estimator(train, tmp_path: Path, estimator: str):
     assert max(e["step"] for e in entries) == 60
     meta = json.loads((run_path / "meta.json").read_text())
     assert meta["estimator"] == estimator and meta["argv"][:2] == ["smx", "train"]
+    assert meta["protocol"] == "controlled" and meta["arm"]["estimator"] == estimator
+    assert meta["arm"]["moe.balance_reduction"] == "token_mean" and meta["arm"]["router.options"] == {}
     print(f"tiny {estimator}: {time.monotonic() - started:.1f} s wall")
+
+
+def test_reference_protocol_run_records_its_arm(train, tmp_path: Path):
+    """A reference-protocol run trains with the reference's flags and records the resolved arm in meta.json."""
+    assert train("tiny.yaml", "--estimator", "sparsemixer", "--set", "router.protocol=reference",
+                 "--set", "train.max_update=20") == 0
+    run_path = tmp_path / "runs" / "tiny-sparsemixer-s1"
+    meta = json.loads((run_path / "meta.json").read_text())
+    assert meta["protocol"] == "reference" and meta["arm"]["moe.output_scale"] is True
+    assert meta["arm"]["moe.balance_reduction"] == "batch_sum" and "microsoft/SparseMixer" in meta["arm"]["reference"]
+    argv = (run_path / "fairseq_argv.txt").read_text()
+    for flag in ("--moe-output-scale", "--moe-router-bias", "--moe-balance-source reference",
+                 "--moe-balance-reduction batch_sum"):
+        assert flag in argv
+    assert recipes.loads((run_path / "recipe.yaml").read_text()).moe.output_scale is True
 
 
 def test_tiny_lm_logs_perplexity(train, tmp_path: Path):
