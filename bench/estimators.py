@@ -1,13 +1,14 @@
 """Estimator overhead: each estimator against plain top-k, in the MoE layer and in a full Switch training update.
 
-    python -m bench estimators [--step-estimators sparsemixer,...] [--include-dense] [--quick]
+    python -m bench estimators [--step-estimators sparsemixer,...] [--skip-dense] [--quick]
 
 Rows (ratio = estimator / topk of the medians):
   estimator call alone (router logits -> Routing, forward+backward through the gate), microseconds  informational
   MoE layer forward+backward (tokens 4096, d 512, FFN 2048, 8 experts, dropless)                   informational
   full training update of smx_switch_transformer_small (8 experts, layers 0,2,4 of encoder and decoder, fairseq's
   task.train_step + Adam step) on the same synthetic-mt batches: sparsemixer vs topk                target <= 1.02
-Dense estimators (straight_through) compute every expert by definition; --include-dense times them too.
+Dense estimators (straight_through, densemixer) compute every expert by definition: their rows are the cost of
+that (--skip-dense leaves them out).
 --control adds an A/A row (topk against an identical topk model): the noise floor of the training-update rows.
 """
 
@@ -26,15 +27,21 @@ from smx import estimators
 from smx.moe import MoEConfig, MoEFeedForward
 
 SPARSE = ("sparsemixer", "sparsemixer_1st", "sparsemixer_inf", "sparsemixer_v2", "default_moe")
+DENSE = ("straight_through", "densemixer")
 
 
 def estimator_fn(name: str, logits: torch.Tensor, g: torch.Tensor):
     est = estimators.get(name)
 
+    dense_g = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))  # (tokens, E) <g, E_e(x)> stand-in
+
     def call() -> None:
         z = logits.detach().requires_grad_()
         routing = est(z, k=1, training=True)
-        (routing.gate * g).sum().backward()
+        loss = (routing.gate * g).sum()
+        if routing.dense_weight is not None:  # dense estimators: the router gradient goes through dense_weight
+            loss = loss + (routing.dense_weight * dense_g).sum()
+        loss.backward()
     return call
 
 
@@ -86,7 +93,7 @@ def step_rows(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> dict:
     threads = setup_threads(args.threads)
     env = environment(threads)
-    names = [n for n in SPARSE] + (["straight_through"] if args.include_dense else [])
+    names = [n for n in SPARSE] + ([] if args.skip_dense else list(DENSE))
     rows = layer_rows(args, names) if not args.skip_layer else []
     if not args.skip_step:
         rows += step_rows(args)
@@ -100,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--d-ff", type=int, default=2048)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved pairs per layer row")
-    parser.add_argument("--include-dense", action="store_true", help="also time straight_through (dense)")
+    parser.add_argument("--skip-dense", action="store_true", help="leave out straight_through and densemixer")
     parser.add_argument("--skip-layer", action="store_true", help="only the training-update rows")
     parser.add_argument("--skip-step", action="store_true", help="only the estimator and layer rows")
     parser.add_argument("--step-estimators", default="sparsemixer", help="comma list for the training-update rows")
