@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 import data_prep
-from smx.fairseq_plugin import env as plugin_env
+from smx.engine import contract as plugin_env
 
 DATASET = "synthetic-mt"
 

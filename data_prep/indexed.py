@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smx.errors import UserError
+
 MAGIC = b"MMIDIDX\x00\x00"
 _HEADER = len(MAGIC) + 8 + 1 + 8
 
@@ -20,11 +22,11 @@ def read_sizes(idx: Path) -> np.ndarray:
     with open(idx, "rb") as f:
         header = f.read(_HEADER)
         if len(header) < _HEADER or not header.startswith(MAGIC):
-            raise ValueError(f"{idx}: not a fairseq mmap index")
+            raise UserError(f"{idx}: not a fairseq mmap index")
         (n,) = struct.unpack("<Q", header[len(MAGIC) + 9:])
         sizes = np.frombuffer(f.read(4 * n), dtype=np.int32)  # (sentences,)
     if sizes.shape[0] != n:
-        raise ValueError(f"{idx}: truncated index")
+        raise UserError(f"{idx}: truncated index")
     return sizes
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from smx import estimators
+from smx.errors import UserError
 from smx.estimators.base import Routing, keep_mask, masked_softmax
 
 LOSSES = ("linear", "quadratic", "mlp")
@@ -54,11 +55,11 @@ class Fidelity:
 def make_problem(experts: int = 4, k: int = 1, tokens: int = 32, loss: str = "quadratic", d: int = 16,
                  d_out: int = 8, logit_scale: float = 2.0, seed: int = 0, offset: float = 0.0) -> Problem:
     if loss not in LOSSES:
-        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+        raise UserError(f"--loss must be one of {', '.join(LOSSES)}; got {loss!r}")
     if not 1 <= k <= experts:
-        raise ValueError(f"--k must be between 1 and --experts={experts}; got {k}")
+        raise UserError(f"--k must be between 1 and --experts={experts}; got {k}")
     if tokens < 1:
-        raise ValueError(f"--tokens must be >= 1; got {tokens}")
+        raise UserError(f"--tokens must be >= 1; got {tokens}")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, d, generator=g, dtype=torch.float64)
     weight = torch.randn(experts, d, generator=g, dtype=torch.float64) * logit_scale / d**0.5
@@ -165,7 +166,7 @@ def study(experts: int = 4, k: int = 1, tokens: int = 32, samples: int = 4000, l
     reference_eps: the exact reference is the masked-sampling model with this band (None: plain softmax sampling).
     """
     if samples < 2:
-        raise ValueError(f"--samples must be >= 2; got {samples}")
+        raise UserError(f"--samples must be >= 2; got {samples}")
     problem = make_problem(experts, k, tokens, loss, seed=seed, offset=offset)
     exact = exact_gradient(problem, reference_eps)
     rows, skipped = [], {}

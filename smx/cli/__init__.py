@@ -1,7 +1,7 @@
 """The `smx` command: a thin Typer layer. Each sub-module parses one area's options and calls one function.
 
-Bad input (smx.errors.UserError or any ValueError raised for user input) is printed as one line, without a
-traceback, with exit code 2.
+Bad input (smx.errors.UserError, the one exception for it) is printed as one line, without a traceback, with exit
+code 2. Any other exception is an internal bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import sys
 import typer
 from rich.console import Console
 
-from smx.cli import compare, data, diagnose, evaluate, recipe, report, train
+from smx.errors import UserError
+from smx.cli import compare, data, diagnose, evaluate, recipe, report, sweep, train
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -28,6 +29,7 @@ app.add_typer(diagnose.app, name="diagnose")
 app.add_typer(evaluate.app, name="eval")
 train.register(app)
 compare.register(app)
+sweep.register(app)
 report.register(app)
 
 
@@ -47,7 +49,7 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except ValueError as e:  # smx.errors.UserError and every ValueError raised for user input
+    except UserError as e:  # bad input only: everything else is a bug and keeps its traceback
         msg = " ".join(str(e).split()) if "\n" not in str(e) else str(e)
         err_console.print(f"error: {msg}", markup=False)
         return 2

@@ -26,7 +26,7 @@ def bleu(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
 ) -> None:
     """Beam search on every sentence of the subset; tokenized BLEU and sacreBLEU into RUN/eval/bleu.json."""
-    from smx import evaluate
+    from smx.eval import evaluate
 
     r = evaluate.bleu(run, checkpoint=checkpoint, subset=subset, beam=beam, lenpen=lenpen, max_tokens=max_tokens,
                       trust_checkpoint=trust_checkpoint)
@@ -50,7 +50,7 @@ def ppl(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
 ) -> None:
     """Perplexity of an LM run (fairseq eval_lm) into RUN/eval/ppl.json: base-2 loss per token, ppl, tokens."""
-    from smx import evaluate
+    from smx.eval import evaluate
 
     r = evaluate.ppl(run, checkpoint=checkpoint, subset=subset, max_tokens=max_tokens, context_window=context_window,
                      trust_checkpoint=trust_checkpoint)

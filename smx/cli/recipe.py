@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from smx import protocol, recipes
+from smx.recipe import protocol
+from smx.recipe import recipes
 from smx.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Check recipes and show them resolved.")

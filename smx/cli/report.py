@@ -16,7 +16,7 @@ def report(
     command: List[str] = typer.Option([], "--command", help="a command that produced the study (repeatable)"),
 ) -> None:
     """Write report.md (comparison table, plots, runs, exact commands) next to the comparison."""
-    from smx import report as rep
+    from smx.study import report as rep
 
     out = rep.write(study, compare_dir or study / "compare", list(command))
     Console().print(f"wrote {out}", highlight=False)

@@ -64,8 +64,8 @@ def train(
 ) -> int:
     """Train a Switch Transformer MoE per RECIPE into a new run directory (or resume one)."""
     argv = _command_line(dict(locals()))  # first: only the parameters are local yet
-    from smx.launch import Distributed
-    from smx.training import TrainRequest, run
+    from smx.engine.process import Distributed
+    from smx.run.train import TrainRequest, run
 
     dist = Distributed(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     req = TrainRequest(

@@ -2,7 +2,7 @@
 
 Two ways this file is imported, and why registration still happens exactly once:
 
-1. `import smx.fairseq_plugin` (or `smx.fairseq_plugin.env` from a launcher): nothing here imports fairseq, so
+1. `import smx.fairseq_plugin` (or `smx.engine.contract` from a launcher): nothing here imports fairseq, so
    launchers and the CLI can read env.py without paying for (or needing) fairseq.
 2. fairseq's `--user-dir <smx>/fairseq_plugin` imports this directory as a top-level module named `fairseq_plugin`
    (after putting <smx> on sys.path). Then, and only then, the block below imports smx.fairseq_plugin.register,
@@ -31,7 +31,7 @@ if __name__ == "fairseq_plugin":  # imported by fairseq as the --user-dir
         if found != smx_dir:
             raise ImportError(
                 f"--user-dir {here} belongs to the smx package at {smx_dir}, but `import smx` loads {found}; "
-                "pass the --user-dir of the installed smx (smx.fairseq_plugin.env.user_dir())"
+                "pass the --user-dir of the installed smx (smx.engine.contract.user_dir())"
             )
         import smx.fairseq_plugin.register  # noqa: F401  (registers models, architectures, criteria)
 

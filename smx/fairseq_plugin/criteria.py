@@ -37,7 +37,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.utils import item
 
-from smx.fairseq_plugin.env import LM_CRITERION, TRANSLATION_CRITERION
+from smx.engine.contract import LM_CRITERION, TRANSLATION_CRITERION
 from smx.fairseq_plugin.guards import checked_loss
 from smx.moe.losses import BALANCE_REDUCTIONS, balance_term
 

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from smx.fairseq_plugin.env import ENGINE_ENV
+from smx.engine.contract import ENGINE_ENV
 
 logger = logging.getLogger(__name__)
 

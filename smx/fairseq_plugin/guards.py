@@ -4,7 +4,7 @@ and a graceful stop on SIGINT. Installed once per engine process by smx.fairseq_
 - Saving (when $SMX_RECORD_CHECKPOINT_SHA256=1, set by `smx train`): fairseq writes every checkpoint through
   checkpoint_utils.torch_persistent_save (the first file of a save) and PathManager.copy (checkpoint_best.pt,
   checkpoint_last.pt). Both are replaced by: write `<name>.tmp`, fsync, hash, record the hash (next to the previous
-  one), rename into place, record it as the only one (smx.fairseq_plugin.checksums). A kill -9 at any instant leaves
+  one), rename into place, record it as the only one (smx.engine.checksums). A kill -9 at any instant leaves
   no checkpoint without a recorded hash, and no half-written file under a checkpoint's name (fairseq's own copy is
   not atomic). After each save the lines of removed interval checkpoints are dropped.
 - Loading: checkpoint_utils.load_checkpoint_to_cpu first checks the file against $SMX_VERIFY_CHECKPOINT_SHA256
@@ -37,8 +37,8 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 
-from smx.fairseq_plugin import checksums
-from smx.fairseq_plugin.env import GRACEFUL_STOP_ENV, NONFINITE_TEST_ENV
+from smx.engine import checksums
+from smx.engine.contract import GRACEFUL_STOP_ENV, NONFINITE_TEST_ENV
 
 logger = logging.getLogger(__name__)
 

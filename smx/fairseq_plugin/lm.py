@@ -25,7 +25,7 @@ from fairseq.models.transformer_lm import (
 from fairseq.utils import safe_getattr
 
 from smx.fairseq_plugin.args import MoEArgs, arch_defaults, moe_config, parse_layers
-from smx.fairseq_plugin.env import LM_MODEL
+from smx.engine.contract import LM_MODEL
 from smx.fairseq_plugin.layers import SmxTransformerDecoder, install_moe
 
 

@@ -25,7 +25,7 @@ from fairseq.models.transformer.transformer_legacy import (
 from fairseq.utils import safe_getattr
 
 from smx.fairseq_plugin.args import MoEEncoderDecoderArgs, arch_defaults, moe_config, parse_layers
-from smx.fairseq_plugin.env import TRANSLATION_MODEL
+from smx.engine.contract import TRANSLATION_MODEL
 from smx.fairseq_plugin.layers import SmxTransformerDecoder, SmxTransformerEncoder, install_moe
 
 

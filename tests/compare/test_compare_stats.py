@@ -1,4 +1,4 @@
-"""Pure statistics of smx.stats (used by smx compare) checked against tabulated values and hand-computed answers."""
+"""Pure statistics of smx.study.stats (used by smx compare) checked against tabulated values and hand-computed answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from smx.compare import discover, load_run, summarize
-from smx.stats import betainc, bootstrap_ratio_ci, mean_ci, mean_curve, steps_to_target, t_cdf, t_ppf
+from smx.study.compare import discover, load_run, summarize
+from smx.study.stats import betainc, bootstrap_ratio_ci, mean_ci, mean_curve, steps_to_target, t_cdf, t_ppf
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706204736), (2, 4.302652730), (3, 3.182446305), (4, 2.776445105),
@@ -117,7 +117,7 @@ def test_notes_and_epoch_end_entries(tmp_path):
 
     a = write_run(tmp_path, "a", "topk", 1, [(10, 3.0), (20, 2.0)], wps=[100.0, 200.0])
     write_run(tmp_path, "b", "topk", 1, [(10, 3.0)], status="running")
-    with open(a / "metrics.jsonl", "a") as f:  # an end-of-epoch average (skipped by smx.metrics.read) and a repeat
+    with open(a / "metrics.jsonl", "a") as f:  # an end-of-epoch average (skipped by smx.run.metrics.read) and a repeat
         end = {"step": 20, "split": "train", "epoch": 1, "epoch_end": True, "loss": 1.0, "wps": 1e6}
         f.write(json.dumps(end) + "\n")
         f.write(json.dumps({"step": 20, "split": "valid", "epoch": 1, "loss": 1.5}) + "\n")  # resumed: later wins

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import smx.training
+import smx.run.train
 from smx.cli import run as cli
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
@@ -36,7 +36,7 @@ def fake_train(monkeypatch):
             path.mkdir(parents=True)
         (path / "meta.json").write_text(json.dumps({"status": "done"}))
         return "done"
-    monkeypatch.setattr(smx.training, "run", train)
+    monkeypatch.setattr(smx.run.train, "run", train)
     return calls
 
 
@@ -71,7 +71,7 @@ def test_sweep_all_new_then_rerun_skips(tmp_path, fake_train):
 
 def test_sweep_stops_at_interrupt(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(smx.training, "run", lambda req, console=None: calls.append(req) or "interrupted")
+    monkeypatch.setattr(smx.run.train, "run", lambda req, console=None: calls.append(req) or "interrupted")
     assert cli(["sweep", str(RECIPE), "--estimators", "topk,sparsemixer", "--seeds", "1",
                 "--study-dir", str(tmp_path / "s")]) == 130
     assert len(calls) == 1

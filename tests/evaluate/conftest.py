@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smx.rundir import write_checksums
+from smx.run.paths import write_checksums
 
 from eval_helpers import HYPS_TOK, REFS_RAW, REFS_TOK, generate_output, write_idx, write_lines  # noqa: F401
 

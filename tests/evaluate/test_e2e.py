@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from smx.cli import run as cli
-from smx.scoring import idx_length, read_lines
+from smx.eval.scoring import idx_length, read_lines
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import smx.evaluate as ev
-from smx import checkpoint_average
+import smx.eval.evaluate as ev
+from smx.eval import average as checkpoint_average
 from smx.cli import run as cli
-from smx.evaluate import checkpoint_files
-from smx.scoring import detokenize, score_bleu
-from smx.rundir import write_checksums
+from smx.eval.evaluate import checkpoint_files
+from smx.eval.scoring import detokenize, score_bleu
+from smx.run.paths import write_checksums
 
 from eval_helpers import HYPS_TOK, REFS_RAW, REFS_TOK, generate_output
 
@@ -25,7 +25,7 @@ def fake_engine(monkeypatch):
         calls.append({"argv": argv, "total": total})
         log.write_text("fake engine\n")
         return generate_output(HYPS_TOK, [i for i in order if i < total])
-    monkeypatch.setattr(ev, "run_engine", fake)
+    monkeypatch.setattr(ev, "run_captured", fake)
     return calls
 
 
@@ -45,7 +45,7 @@ def test_eval_bleu_writes_scores_and_files(fake_run, fake_engine, capsys):
     assert (out / "test.ref.raw").read_text(encoding="utf-8").splitlines() == REFS_RAW
     (call,) = fake_engine
     argv = call["argv"]
-    assert call["total"] == 8 and argv[1:5] == ["-P", "-m", "smx.engine_entry", "fairseq_cli.generate"]
+    assert call["total"] == 8 and argv[1:5] == ["-P", "-m", "smx.engine.entry", "fairseq_cli.generate"]
     assert argv[argv.index("--path") + 1] == str(fake_run / "checkpoints" / "checkpoint_best.pt")
     for flag, value in [("--beam", "5"), ("--lenpen", "1.0"), ("--gen-subset", "test"), ("--source-lang", "en"),
                         ("--target-lang", "de"), ("--required-batch-size-multiple", "1"), ("--max-tokens", "4096")]:
@@ -66,7 +66,7 @@ def test_eval_bleu_options_override_recipe(fake_run, fake_engine):
 
 def test_eval_bleu_missing_hypothesis_is_an_error(fake_run, monkeypatch, capsys):
     text = generate_output(HYPS_TOK, [0, 1, 2, 4, 5, 6, 7])
-    monkeypatch.setattr(ev, "run_engine", lambda argv, log, label, total=None, **kw: text)
+    monkeypatch.setattr(ev, "run_captured", lambda argv, log, label, total=None, **kw: text)
     assert cli(["eval", "bleu", str(fake_run)]) == 2
     assert "7 hypotheses for 8 source sentences; missing ids [3]" in capsys.readouterr().err
     assert not (fake_run / "eval" / "bleu.json").exists()
@@ -158,12 +158,12 @@ def test_eval_ppl_lm_run(tmp_path, monkeypatch, capsys):
         calls.append(argv)
         return ("x | INFO | fairseq_cli.eval_lm | Evaluated 1,024 tokens in 0.5s (2048.00 tokens/s)\n"
                 "x | INFO | fairseq_cli.eval_lm | Loss (base 2): 3.0000, Perplexity: 8.00\n")
-    monkeypatch.setattr(ev, "run_engine", fake)
+    monkeypatch.setattr(ev, "run_captured", fake)
     assert cli(["eval", "ppl", str(run), "--subset", "valid", "--checkpoint", "last", "--max-tokens", "16"]) == 0
     r = json.loads((run / "eval" / "ppl.json").read_text())
     assert (r["loss"], r["ppl"], r["tokens"], r["loss_base"], r["subset"]) == (3.0, 8.0, 1024, 2, "valid")
     argv = calls[0]
-    assert argv[1:5] == ["-P", "-m", "smx.engine_entry", "fairseq_cli.eval_lm"]
+    assert argv[1:5] == ["-P", "-m", "smx.engine.entry", "fairseq_cli.eval_lm"]
     assert argv[argv.index("--tokens-per-sample") + 1] == "64"
     assert argv[argv.index("--max-tokens") + 1] == "64"  # raised to one block
     assert argv[argv.index("--required-batch-size-multiple") + 1] == "1"

@@ -1,4 +1,4 @@
-"""Pure scoring and parsing (smx.scoring), checked against sacrebleu's own command line and a hand-written BLEU."""
+"""Pure scoring and parsing (smx.eval.scoring), checked against sacrebleu's own command line and a hand-written BLEU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from smx.scoring import (check_count, compound_split, detokenize, idx_length, parse_eval_lm, parse_generate,
+from smx.eval.scoring import (check_count, compound_split, detokenize, idx_length, parse_eval_lm, parse_generate,
                          read_lines, score_bleu)
 
 from eval_helpers import HYPS_TOK, REFS_RAW, REFS_TOK, generate_output, write_idx, write_lines

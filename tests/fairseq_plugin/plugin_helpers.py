@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from smx.fairseq_plugin.env import EVAL_ARGS, engine_env, user_dir
+from smx.engine.contract import EVAL_ARGS, engine_env, user_dir
 
 USER_DIR = str(user_dir())
 SRC_VOCAB = [f"s{i}" for i in range(16)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import plugin_helpers as h
-from smx.fairseq_plugin.env import EVAL_ARGS
+from smx.engine.contract import EVAL_ARGS
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import smx
-from smx.fairseq_plugin import env
+from smx.engine import contract as env
 
 
 def _python(*parts: str) -> str:
@@ -45,7 +45,7 @@ def test_every_size_of_the_table_is_registered_with_fairseq():
 def test_env_imports_neither_fairseq_nor_torch():
     out = _python("""
         import sys
-        import smx.fairseq_plugin.env as env
+        import smx.engine.contract as env
         env.engine_env(); env.user_dir()
         print(sorted(m for m in ("fairseq", "torch", "smx.moe") if m in sys.modules))
     """)
@@ -82,7 +82,7 @@ def test_register_once_user_dir_first():
     out = _python("""
         import argparse, importlib, sys
         from fairseq import utils
-        from smx.fairseq_plugin.env import user_dir
+        from smx.engine.contract import user_dir
         utils.import_user_module(argparse.Namespace(user_dir=str(user_dir())))
         utils.import_user_module(argparse.Namespace(user_dir=str(user_dir()) + "/"))
         import smx, smx.fairseq_plugin.register
@@ -96,7 +96,7 @@ def test_register_once_package_first():
         import argparse, sys
         import smx, smx.fairseq_plugin.register, smx.fairseq_plugin.translation
         from fairseq import utils
-        from smx.fairseq_plugin.env import user_dir
+        from smx.engine.contract import user_dir
         utils.import_user_module(argparse.Namespace(user_dir=str(user_dir())))
     """, CHECK)
     assert out.strip().endswith("ok")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import plugin_helpers as h
-from smx.fairseq_plugin import env
+from smx.engine import contract as env
 from smx.fairseq_plugin.layers import MoEBlock, MoELayerMixin
 from smx.moe import MoEConfig, MoEFeedForward
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from smx import launch, recipes
-from smx.fairseq_plugin import env as engine
+from smx.engine import argv as launch
+from smx.engine import process
+from smx.recipe import recipes
+from smx.engine import contract as engine
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -86,17 +88,17 @@ def test_lm_argv():
 
 
 def test_engine_command_single_and_torchrun():
-    single = launch.engine_command(["D", "--cpu"], launch.Distributed(), python="PY")
-    assert single == ["PY", "-P", "-m", "smx.engine_entry", "fairseq_cli.train", "D", "--cpu"]
-    dist = launch.Distributed(nproc_per_node=2, nnodes=2, node_rank=1, master_addr="h", master_port=1234)
-    cmd = launch.engine_command(["D"], dist, python="PY")
+    single = process.engine_command("fairseq_cli.train", ["D", "--cpu"], process.Distributed(), python="PY")
+    assert single == ["PY", "-P", "-m", "smx.engine.entry", "fairseq_cli.train", "D", "--cpu"]
+    dist = process.Distributed(nproc_per_node=2, nnodes=2, node_rank=1, master_addr="h", master_port=1234)
+    cmd = process.engine_command("fairseq_cli.train", ["D"], dist, python="PY")
     assert cmd == ["PY", "-P", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1",
-                   "--master-addr", "h", "--master-port", "1234", "-m", "smx.engine_entry", "fairseq_cli.train", "D"]
+                   "--master-addr", "h", "--master-port", "1234", "-m", "smx.engine.entry", "fairseq_cli.train", "D"]
     assert dist.world_size == 4
 
 
 def test_engine_entry_turns_torchrun_env_into_fairseq_args():
-    from smx.engine_entry import distributed_args
+    from smx.engine.entry import distributed_args
 
     env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
     assert distributed_args(env) == ["--distributed-init-method", "env://", "--distributed-rank", "3",
@@ -114,11 +116,11 @@ def test_distributed_options_checked(kwargs, match):
     from smx.errors import UserError
 
     with pytest.raises(UserError, match=match):
-        launch.Distributed(**kwargs)
+        process.Distributed(**kwargs)
 
 
 def test_cpu_threads_environment():
     recipe = recipes.load(REPO / "recipes/tiny.yaml")
-    assert launch.engine_env_additions(recipe, "cpu")["OMP_NUM_THREADS"] == "1"
-    assert launch.engine_env_additions(recipe, "cpu")["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
-    assert "OMP_NUM_THREADS" not in launch.engine_env_additions(recipe, "cuda")
+    assert process.train_env_additions(recipe.train.cpu_threads, "cpu")["OMP_NUM_THREADS"] == "1"
+    assert process.train_env_additions(recipe.train.cpu_threads, "cpu")["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
+    assert "OMP_NUM_THREADS" not in process.train_env_additions(recipe.train.cpu_threads, "cuda")

@@ -1,11 +1,11 @@
-"""smx.metrics: fairseq json log lines -> metrics.jsonl entries, and reading them back."""
+"""smx.run.metrics: fairseq json log lines -> metrics.jsonl entries, and reading them back."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from smx import metrics
+from smx.run import metrics
 
 LOG = (Path(__file__).parent / "data" / "fairseq_json.log").read_text().splitlines()
 

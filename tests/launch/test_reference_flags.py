@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from smx import launch, recipes
+from smx.engine import argv as launch
+from smx.recipe import recipes
 
 REPO = Path(__file__).resolve().parents[2]
 

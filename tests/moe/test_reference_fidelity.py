@@ -1,6 +1,6 @@
 """Every estimator under protocol `reference` against an independent re-implementation of its reference code.
 
-For each arm, the MoE layer is built from smx.protocol's reference settings (router bias, omega, options, balance
+For each arm, the MoE layer is built from smx.recipe.protocol's reference settings (router bias, omega, options, balance
 inputs) and compared with a re-implementation written here from the reference's math, fed the same random draws
 (the same torch.Generator seed, drawn in the same order): forward output, router / omega / expert gradients, the
 balance loss and its gradient, to 1e-6. The problem has negative logits and exact ties (experts 1 and 2 share their
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from smx import estimators
 from smx.moe import MoEConfig, MoEFeedForward
-from smx.protocol import reference_for
+from smx.recipe.protocol import reference_for
 
 T, D, DFF, E = 24, 6, 10, 4
 

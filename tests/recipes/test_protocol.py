@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smx import protocol, recipes
+from smx.recipe import protocol
+from smx.recipe import recipes
 from smx.cli import run
 from smx.errors import UserError
 from smx.estimators import names as estimator_names

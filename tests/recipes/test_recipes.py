@@ -1,4 +1,4 @@
-"""smx.recipes: loading, resolution, dumping, and every kind of recipe error (collected, one line each)."""
+"""smx.recipe.recipes: loading, resolution, dumping, and every kind of recipe error (collected, one line each)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from smx import recipes
+from smx.recipe import recipes
 from smx.errors import UserError
 from smx.estimators import names as estimator_names
 
@@ -199,7 +199,7 @@ def test_file_errors(tmp_path: Path):
 
 
 def test_sections_reject_bad_values_directly():
-    from smx.recipe_schema import MoEConfig
+    from smx.recipe.schema import MoEConfig
 
     with pytest.raises(ValueError, match="k: 3 > moe.num_experts=2"):
         MoEConfig(num_experts=2, k=3)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from smx import procfs
+from smx.engine import procfs
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -69,7 +69,8 @@ def multi30k_source(dest: Path, counts: dict[str, int] | None = None) -> Path:
 def fake_run(path: Path, recipe_path: Path, overrides: list[str], *, checkpoints: tuple[str, ...] = ("best", "last"),
              sums: bool = True, status: str = "done") -> Path:
     """A finished-looking run directory: recipe.yaml, meta.json, metrics.jsonl, checkpoints (+ SHA256SUMS)."""
-    from smx import recipes, rundir
+    from smx.recipe import recipes
+    from smx.run import paths as rundir
 
     recipe = recipes.load(recipe_path, overrides)
     run = rundir.create(path)
@@ -113,7 +114,7 @@ def dead(pid: int) -> bool:
 
 def saved_updates(log: Path) -> list[int]:
     """The update counts of the `Saved checkpoint ...` lines of a train.log."""
-    from smx import metrics
+    from smx.run import metrics
 
     if not log.is_file():
         return []
@@ -123,14 +124,14 @@ def saved_updates(log: Path) -> list[int]:
 
 def comparable(entries: list[dict]) -> dict[tuple, dict]:
     """metrics entries keyed by (split, subset, epoch_end, step), without the wall-clock fields."""
-    from smx.metrics import entry_key
+    from smx.run.metrics import entry_key
 
     return {entry_key(e): {k: v for k, v in e.items() if k not in WALL_CLOCK} for e in entries}
 
 
 def raw_keys(metrics_file: Path) -> list[tuple]:
     """The (split, subset, epoch_end, step) of every line of metrics.jsonl, duplicates kept."""
-    from smx.metrics import entry_key
+    from smx.run.metrics import entry_key
 
     return [entry_key(json.loads(line)) for line in metrics_file.read_text().splitlines()]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from rel_helpers import TINY, diff_states, fake_run, tree_state
 
-from smx import rundir
+from smx.run import paths as rundir
 from smx.cli import run as cli
 from smx.errors import UserError
-from smx.fairseq_plugin import checksums
+from smx.engine import checksums
 
 
 def test_hash_is_recorded_before_the_file_appears_and_a_kill_in_between_is_harmless(tmp_path: Path, monkeypatch):
@@ -84,14 +84,14 @@ def test_the_unpickling_process_checks_the_hash_again(tmp_path: Path):
         torch.save({"model": {"w": torch.ones(2)}}, p)
     env = {**os.environ, checksums.VERIFY_ENV: checksums.verify_env_value({a: checksums.sha256_file(a),
                                                                             b: "0" * 64})}
-    r = subprocess.run([sys.executable, "-m", "smx.checkpoint_average", str(tmp_path / "avg.pt"), str(a), str(b)],
+    r = subprocess.run([sys.executable, "-m", "smx.eval.average", str(tmp_path / "avg.pt"), str(a), str(b)],
                        capture_output=True, text=True, env=env)
     assert r.returncode != 0 and "refusing to load checkpoint" in r.stderr and str(b) in r.stderr
     assert not (tmp_path / "avg.pt").exists()
 
 
 def test_eval_trust_checkpoint_is_the_only_way_around(tmp_path: Path, monkeypatch, capsys):
-    import smx.evaluate as ev
+    import smx.eval.evaluate as ev
 
     run = fake_run(tmp_path / "runs" / "t", TINY, [f"data.root={tmp_path / 'data'}"])
     (run / "checkpoints" / "checkpoint_best.pt").write_bytes(b"changed after it was saved")
@@ -158,8 +158,8 @@ def test_resume_refuses_a_changed_checkpoint_unless_trusted(short_run: Path, tmp
 
 @pytest.mark.slow
 def test_engine_refuses_a_checkpoint_changed_after_smx_checked_it(short_run: Path, tmp_path: Path):
-    import smx.evaluate as ev
-    from smx.checkpoint_average import verify_env
+    import smx.eval.evaluate as ev
+    from smx.engine.process import run_captured, verify_env
 
     ckpt = short_run / "checkpoints" / "checkpoint_best.pt"
     recipe = ev.load_run_recipe(short_run)
@@ -167,5 +167,5 @@ def test_engine_refuses_a_checkpoint_changed_after_smx_checked_it(short_run: Pat
     argv = ev.generate_argv(bin_dir, ckpt, "valid", "src", "tgt", 1, 1.0, 4096)
     env = verify_env({ckpt: "f" * 64})  # what smx verified differs from what is on disk now
     with pytest.raises(UserError, match="refusing to load checkpoint"):
-        ev.run_engine(argv, tmp_path / "generate.log", "beam search", extra_env=env)
+        run_captured(argv, tmp_path / "generate.log", "beam search", extra_env=env)
     assert "Traceback" in (tmp_path / "generate.log").read_text()  # stopped inside the engine, before torch.load

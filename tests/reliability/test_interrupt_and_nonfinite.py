@@ -14,7 +14,9 @@ from typing import Callable
 import pytest
 from rel_helpers import TINY, saved_updates, smx_process, wait_for
 
-from smx import metrics, procfs, rundir
+from smx.run import metrics
+from smx.engine import procfs
+from smx.run import paths as rundir
 from smx.cli import run as cli
 
 pytestmark = pytest.mark.slow

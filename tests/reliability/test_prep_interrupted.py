@@ -14,7 +14,8 @@ import pytest
 from rel_helpers import TINY
 
 import data_prep
-from smx import recipes, training
+from smx.recipe import recipes
+from smx.run import train as training
 from smx.cli import run as cli
 
 pytestmark = pytest.mark.slow

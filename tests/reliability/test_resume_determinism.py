@@ -21,7 +21,9 @@ import pytest
 from rel_helpers import (TINY, WALL_CLOCK, comparable, dead, raw_keys, saved_updates, sigkill,
                          smx_process, wait_for)
 
-from smx import metrics, procfs, rundir
+from smx.run import metrics
+from smx.engine import procfs
+from smx.run import paths as rundir
 from smx.cli import run as cli
 
 pytestmark = pytest.mark.slow

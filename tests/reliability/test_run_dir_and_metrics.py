@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from smx import engine_run, metrics, procfs, rundir, runlock
+from smx.run import session as engine_run
+from smx.run import metrics
+from smx.engine import procfs
+from smx.run import paths as rundir
+from smx.run import lock as runlock
 from smx.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""smx.rundir: create (never overwrite), resume checks, lock (second writer refused, stale lock taken over),
+"""smx.run.paths: create (never overwrite), resume checks, lock (second writer refused, stale lock taken over),
 snapshot (recipe.yaml / recipe.orig.yaml / meta.json) and checkpoint hashes."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from smx import recipes, rundir, runlock
+from smx.recipe import recipes
+from smx.run import paths as rundir
+from smx.run import lock as runlock
 from smx.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from smx.cli import run
-from smx.sweep import Cell, SweepPlan
-from smx.sweep_parallel import cell_argv, outcome
+from smx.study.sweep import Cell, SweepPlan
+from smx.study.parallel import cell_argv, outcome
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -87,7 +87,7 @@ def test_second_writer_refused(cwd: Path, capsys):
     import json
     import socket
 
-    from smx import recipes
+    from smx.recipe import recipes
 
     fake_bin = cwd / "bin"
     fake_bin.mkdir()
@@ -102,3 +102,21 @@ def test_second_writer_refused(cwd: Path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {run_dir} is in use by pid {os.getpid()} on host {socket.gethostname()}")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_an_internal_value_error_keeps_its_traceback(cwd, monkeypatch):
+    """Only smx.errors.UserError is bad input; a ValueError from a bug deep in the code is not swallowed."""
+    from smx.run import train as training
+
+    def buggy(*args, **kwargs):
+        raise ValueError("an internal bug, not bad input")
+
+    monkeypatch.setattr(training, "plan", buggy)
+    with pytest.raises(ValueError, match="an internal bug"):
+        run(["train", TINY])
+
+
+def test_bad_input_still_gets_one_line(cwd, capsys):
+    assert run(["train", TINY, "--set", "moe.k=5"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

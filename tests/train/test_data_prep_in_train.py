@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smx import recipes, training
+from smx.recipe import recipes
+from smx.run import train as training
 from smx.cli import run
 from smx.errors import UserError
 

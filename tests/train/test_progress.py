@@ -1,4 +1,4 @@
-"""smx.progress: the training progress display (rendered to a string console)."""
+"""smx.run.progress: the training progress display (rendered to a string console)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from smx import recipes
-from smx.progress import TrainProgress
+from smx.recipe import recipes
+from smx.run.progress import TrainProgress
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from smx import metrics, procfs, recipes, rundir
+from smx.run import metrics
+from smx.engine import procfs
+from smx.recipe import recipes
+from smx.run import paths as rundir
 from smx.estimators import names as estimator_names
 
 pytestmark = pytest.mark.slow
@@ -39,7 +42,7 @@ def check_run_dir(path: Path, split_keys: tuple[str, ...] = ("loss", "ppl")) -> 
     meta = json.loads(run.meta.read_text())
     assert meta["status"] == "done" and meta["exit_code"] == 0 and meta["end"]
     assert recipes.loads(run.recipe.read_text()).name == meta["recipe"]
-    assert any(m in run.argv.read_text() for m in ("-m fairseq_cli.train", "-m smx.engine_entry"))
+    assert any(m in run.argv.read_text() for m in ("-m fairseq_cli.train", "-m smx.engine.entry"))
     entries = metrics.read(run.metrics)
     train = [e for e in entries if e["split"] == "train"]
     valid = [e for e in entries if e["split"] == "valid"]
@@ -109,7 +112,7 @@ def test_resume_matches_uninterrupted_run(train, tmp_path: Path):
     """Stopped at 30 updates, resumed to 60 == straight to 60 (same seed).
 
     Tolerance: 2e-3 absolute on logged losses (fairseq rounds them to 3 decimals); on CPU the runs are in fact
-    identical, thanks to the "D:D" data argument (see smx.launch.fairseq_argv).
+    identical, thanks to the "D:D" data argument (see smx.engine.argv.fairseq_argv).
     """
     common = ("--estimator", "sparsemixer", "--seed", "3")
     assert train("tiny.yaml", *common, "--run-dir", str(tmp_path / "straight")) == 0

@@ -8,7 +8,7 @@
                 jitter); model size, data, optimizer, schedule, batch, k, updates and the balance weight still come
                 from the recipe
 
-Pure data and pure functions on the section dataclasses; smx.recipes applies `resolve` while building a Recipe, so
+Pure data and pure functions on the section dataclasses; smx.recipe.recipes applies `resolve` while building a Recipe, so
 a run's recipe.yaml holds the resolved arm (and resolving it again changes nothing).
 """
 

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from smx.errors import UserError
+from smx.run.paths import RunDir
 
 
 def _read_json(path: Path) -> dict:
@@ -22,15 +23,18 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _runs(study: Path) -> list[RunDir]:
+    return [RunDir(p.parent) for p in sorted(study.glob("*/meta.json"))]
+
+
 def run_rows(study: Path) -> list[list[str]]:
     """One row per run directory in the study: name, estimator, seed, status, updates, BLEU / ppl, wall."""
     rows = []
-    for meta_file in sorted(study.glob("*/meta.json")):
-        run = meta_file.parent
-        meta = _read_json(meta_file)
+    for rd in _runs(study):
+        run, meta = rd.path, rd.read_meta() or {}
         last = meta.get("last") if isinstance(meta.get("last"), dict) else {}
         last_train = last.get("train") if isinstance(last.get("train"), dict) else {}
-        bleu, ppl = _read_json(run / "eval" / "bleu.json"), _read_json(run / "eval" / "ppl.json")
+        bleu, ppl = rd.read_eval("bleu") or {}, rd.read_eval("ppl") or {}
         score = "-"
         if isinstance(bleu.get("bleu_tok"), (int, float)):
             score = f"BLEU {bleu['bleu_tok']:.2f} (tokenized) / {bleu.get('sacrebleu', float('nan')):.2f} (sacreBLEU)"
@@ -51,7 +55,7 @@ def build(study: Path, compare_dir: Path, commands: list[str]) -> str:
     rows = run_rows(study)
     if not rows:
         raise UserError(f"{study}: no run directories (*/meta.json) in this study")
-    versions = next((m.get("versions") for m in (_read_json(p) for p in sorted(study.glob("*/meta.json")))
+    versions = next((m.get("versions") for m in ((rd.read_meta() or {}) for rd in _runs(study))
                      if isinstance(m.get("versions"), dict)), {})
     lines = [f"# smx study report: {study_json.get('recipe_name', study.name)}", "",
              f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "

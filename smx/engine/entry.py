@@ -1,5 +1,5 @@
-"""Entry point of every engine process: `python -P -m smx.engine_entry fairseq_cli.MODULE ARGS...` (one process), or
-the same module under torchrun (`python -m torch.distributed.run ... -m smx.engine_entry fairseq_cli.train ARGS`).
+"""Entry point of every engine process: `python -P -m smx.engine.entry fairseq_cli.MODULE ARGS...` (one process), or
+the same module under torchrun (`python -m torch.distributed.run ... -m smx.engine.entry fairseq_cli.train ARGS`).
 
 It runs the fairseq command-line module unchanged (by module name: fairseq is imported by the engine, not here) and
 adds three things:
@@ -34,7 +34,7 @@ def distributed_args(environ: dict[str, str]) -> list[str]:
     """fairseq's explicit distributed arguments for this torchrun worker (pure)."""
     missing = [k for k in _TORCHRUN_KEYS if k not in environ]
     if missing:
-        raise SystemExit(f"smx.engine_entry must run under torchrun (missing {', '.join(missing)})")
+        raise SystemExit(f"smx.engine.entry must run under torchrun (missing {', '.join(missing)})")
     return ["--distributed-init-method", "env://", "--distributed-rank", environ["RANK"],
             "--device-id", environ["LOCAL_RANK"], "--distributed-world-size", environ["WORLD_SIZE"],
             "--distributed-no-spawn"]
@@ -101,7 +101,7 @@ def clean_exit(status: int) -> None:
 
 def main() -> None:
     if len(sys.argv) < 2:
-        raise SystemExit("usage: python -m smx.engine_entry MODULE [ARGS...]  (MODULE: fairseq_cli.train, ...)")
+        raise SystemExit("usage: python -m smx.engine.entry MODULE [ARGS...]  (MODULE: fairseq_cli.train, ...)")
     module, argv = sys.argv[1], sys.argv[2:]
     watch_parent()
     if under_torchrun(dict(os.environ)):

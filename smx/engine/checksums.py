@@ -1,6 +1,6 @@
 """Checkpoint hashes: checkpoints/SHA256SUMS, written by the engine when it saves, checked before anything unpickles.
 
-Imports neither fairseq nor torch: the launcher (smx.rundir, smx.evaluate) and the engine hooks
+Imports neither fairseq nor torch: the launcher (smx.run.paths, smx.eval.evaluate) and the engine hooks
 (smx.fairseq_plugin.guards) share it.
 
 SHA256SUMS is in `sha256sum -c` format, one `<hex>  <file name>` line per checkpoint. A checkpoint is recorded
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 SUMS_NAME = "SHA256SUMS"
-# Engine environment switches (set by smx.launch / smx.evaluate for their engine subprocesses):
+# Engine environment switches (set by smx.engine.launch / smx.eval.evaluate for their engine subprocesses):
 RECORD_ENV = "SMX_RECORD_CHECKPOINT_SHA256"  # "1": hash every checkpoint the engine saves into SHA256SUMS
 VERIFY_ENV = "SMX_VERIFY_CHECKPOINT_SHA256"  # JSON {absolute path: sha256}: refuse to load a file that differs
 

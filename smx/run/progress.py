@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from smx.recipes import Recipe
+from smx.recipe.recipes import Recipe
 
 
 def _fmt_rate(wps: float | None) -> str:

@@ -6,7 +6,7 @@
 Every problem in a recipe (unknown keys with did-you-mean hints, wrong types, out-of-range values, cross-section
 rules, unknown estimators or estimator options, duplicate keys, YAML syntax) is collected and raised as ONE
 smx.errors.UserError, one `file: key.path: message` line per problem. The section dataclasses live in
-smx.recipe_schema; YAML and coercion helpers in smx.recipe_io.
+smx.recipe.schema; YAML and coercion helpers in smx.recipe.parse.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-from smx import protocol
+from smx.recipe import protocol
 from smx.errors import UserError
-from smx.recipe_io import apply_override, coerce, hint, parse_yaml, split_override
-from smx.recipe_checks import TASK_DEFAULTS, cross_problems
-from smx.recipe_schema import (
+from smx.recipe.parse import apply_override, coerce, hint, parse_yaml, split_override
+from smx.recipe.rules import TASK_DEFAULTS, cross_problems
+from smx.recipe.schema import (
     SECTIONS,
     DataConfig,
     EvalConfig,

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from smx.errors import UserError
-from smx.procfs import process_start
-from smx.rundir import LOCK_NAME, now
+from smx.engine.procfs import process_start
+from smx.run.paths import LOCK_NAME, now
 
 
 def _alive(pid: int) -> bool:

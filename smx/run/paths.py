@@ -5,7 +5,7 @@
       tb/  checkpoints/{checkpoint_last.pt, checkpoint_best.pt, SHA256SUMS}  eval/  run.lock (while training)
 
 A run directory is never overwritten: create() refuses an existing path, resume() needs checkpoints/checkpoint_last.pt,
-and a lock (smx.runlock: pid + host + process start time) refuses a second writer.
+and a lock (smx.run.lock: pid + host + process start time) refuses a second writer.
 
 Checkpoint hashes: the engine records each checkpoint's sha256 in checkpoints/SHA256SUMS when it saves it
 (smx.fairseq_plugin.guards); verify_checkpoint() refuses, before anything unpickles it, a checkpoint whose hash does
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from smx.errors import UserError
-from smx.fairseq_plugin import checksums
-from smx.protocol import arm_settings
-from smx.recipes import Recipe, dump
+from smx.engine import checksums
+from smx.recipe.protocol import arm_settings
+from smx.recipe.recipes import Recipe, dump
 
 LOCK_NAME = "run.lock"
 SUMS_NAME = checksums.SUMS_NAME
@@ -53,6 +53,26 @@ class RunDir:
     @property
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "checkpoint_last.pt"
+
+    def read_meta(self) -> dict | None:
+        """meta.json as a dict; None when it is missing, unreadable or not a JSON object. The ONE reader of it."""
+        return _read_json(self.meta)
+
+    def read_eval(self, kind: str) -> dict | None:
+        """eval/<kind>.json (kind: bleu, ppl) as a dict; None when missing or unreadable."""
+        return _read_json(self.eval / f"{kind}.json")
+
+    def status(self) -> str:
+        """meta.json's status ("" when there is no readable meta.json)."""
+        return str((self.read_meta() or {}).get("status", ""))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def run_name(recipe: Recipe) -> str:
@@ -144,10 +164,7 @@ def git_sha(where: Path | None = None) -> str | None:
 
 
 def read_meta(run: RunDir) -> dict:
-    try:
-        return json.loads(run.meta.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
+    return run.read_meta() or {}
 
 
 def write_meta(run: RunDir, meta: dict) -> None:

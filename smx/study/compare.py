@@ -22,9 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from smx import metrics
+from smx.run import metrics
 from smx.errors import UserError
-from smx.stats import BOOT_SEED, LEVEL, N_BOOT, Interval, bootstrap_ratio_ci, mean_ci, mean_curve, steps_to_target
+from smx.run.paths import RunDir
+from smx.study.stats import BOOT_SEED, LEVEL, N_BOOT, Interval, bootstrap_ratio_ci, mean_ci, mean_curve, steps_to_target
 
 _METRIC = re.compile(r"^(train|valid)_(\w+)$")
 
@@ -41,7 +42,7 @@ class RunData:
     estimator: str
     seed: int | None
     status: str
-    records: tuple = field(repr=False)  # metrics.jsonl entries by step (smx.metrics.read: no epoch-end averages)
+    records: tuple = field(repr=False)  # metrics.jsonl entries by step (smx.run.metrics.read: no epoch-end averages)
     bleu: dict | None = None
     ppl: dict | None = None
     protocol: str = "controlled"  # router.protocol of its recipe (runs from before protocols: controlled)
@@ -80,27 +81,20 @@ def parse_metric(metric: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def load_run(path: Path) -> RunData:
     """Load one run directory; UserError naming the file when it is not one."""
-    meta = _read_json(path / "meta.json")
+    rd = RunDir(path)
+    meta = rd.read_meta()
     if meta is None:
         raise UserError(f"{path}: not a run directory (no readable meta.json)")
-    if not (path / "metrics.jsonl").is_file():
+    if not rd.metrics.is_file():
         raise UserError(f"{path}: run directory without metrics.jsonl")
     recipe = {}
-    if (path / "recipe.yaml").is_file():
+    if rd.recipe.is_file():
         try:
-            recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
+            recipe = yaml.safe_load(rd.recipe.read_text()) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"{path / 'recipe.yaml'}: not valid YAML ({e.__class__.__name__})") from None
+            raise UserError(f"{rd.recipe}: not valid YAML ({e.__class__.__name__})") from None
     data, router = recipe.get("data") or {}, recipe.get("router") or {}
     seed = meta.get("seed", recipe.get("seed"))
     protocol = meta.get("protocol") or router.get("protocol") or "controlled"
@@ -110,8 +104,8 @@ def load_run(path: Path) -> RunData:
         dataset=str(meta.get("dataset") or data.get("dataset") or "?"),
         estimator=str(meta.get("estimator") or router.get("estimator") or "?"),
         seed=int(seed) if isinstance(seed, (int, float)) else None,
-        status=str(meta.get("status", "?")), records=tuple(metrics.read(path / "metrics.jsonl")),
-        bleu=_read_json(path / "eval" / "bleu.json"), ppl=_read_json(path / "eval" / "ppl.json"),
+        status=str(meta.get("status", "?")), records=tuple(metrics.read(rd.metrics)),
+        bleu=rd.read_eval("bleu"), ppl=rd.read_eval("ppl"),
         protocol=str(protocol), settings=flatten(recipe))
 
 
@@ -156,10 +150,10 @@ def discover(paths) -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise UserError(f"{p}: no such directory")
-        if (p / "meta.json").is_file():
+        if RunDir(p).meta.is_file():
             found.append(p)
             continue
-        runs = sorted(c for c in p.iterdir() if c.is_dir() and (c / "meta.json").is_file())
+        runs = sorted(c for c in p.iterdir() if c.is_dir() and RunDir(c).meta.is_file())
         if not runs:
             raise UserError(f"{p}: neither a run directory nor a study directory "
                             "(no meta.json in it or its subdirectories)")

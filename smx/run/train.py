@@ -1,10 +1,10 @@
-"""`smx train` end to end: check everything, prepare data if needed, create/lock/snapshot the run dir, launch.
+"""`smx train` end to end: check everything, prepare data if needed, create/lock/snapshot the run dir, run.
 
     status = run(TrainRequest(recipe_path=Path("recipes/tiny.yaml"), overrides=("seed=2",)))
 
 All user input is checked in plan() before anything is written: a bad recipe, an existing run directory, a missing
 checkpoint to resume from (or one whose sha256 does not match the one recorded when it was saved: checkpoints are
-pickles, see smx.rundir.verify_checkpoint), a data directory of the wrong task or from an unfinished prep, an unknown
+pickles, see smx.run.paths.verify_checkpoint), a data directory of the wrong task or from an unfinished prep, an unknown
 dataset, a missing GPU or engine each raise one UserError and leave the disk untouched. Then the dataset is prepared
 if it is not (data_prep.prepare, the code behind `smx data prep`).
 """
@@ -18,10 +18,13 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from smx import launch, rundir, runlock
+from smx.engine import process
+from smx.run import session
+from smx.run import paths as rundir
+from smx.run import lock as runlock
 from smx.errors import UserError
-from smx.launch import Distributed
-from smx.recipes import Recipe, load, loads, to_dict
+from smx.engine.process import Distributed
+from smx.recipe.recipes import Recipe, load, loads, to_dict
 
 # Keys a resumed run may change (everything else would not match the checkpoint or the run's identity).
 RESUMABLE = ("train.*", "eval.*", "data.root", "data.dir")
@@ -145,12 +148,12 @@ def plan(req: TrainRequest) -> Plan:
         path = req.run_dir if req.run_dir is not None else rundir.default_path(recipe, req.runs_root)
         if req.dist.node_rank == 0:
             rundir.check_new(path)
-    device = launch.resolve_device(recipe.train.device)
+    device = process.resolve_device(recipe.train.device)
     if recipe.train.fp16 is True and device != "cuda":
         raise UserError("train.fp16: true needs a GPU, but none is visible (use fp16: auto)")
     if recipe.data.dir is not None:
         check_data_dir(recipe.task, Path(recipe.data.dir))
-    launch.check_engine()
+    process.check_engine()
     digest = None
     if req.resume is not None:  # last: hashing a large checkpoint takes a moment
         digest = rundir.verify_checkpoint(rundir.RunDir(path).last_checkpoint, req.trust_checkpoint, notes.append)
@@ -177,7 +180,7 @@ def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = Tr
             console.print(f"dataset {name} is not prepared under {root}: preparing it ({command})", highlight=False)
         try:
             data_prep.prepare(name, root=root, progress=progress)
-        except ValueError as e:
+        except UserError as e:
             how = command if data_prep.info(name).offline else f"{command} --source DIR_OR_URL"
             raise UserError(f"dataset {name} is not prepared under {root} and preparing it here failed ({e}); "
                             f"run: {how}") from None
@@ -200,7 +203,7 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
         warn(note)
     data = data_dir(p.recipe, console, progress=req.progress, prepare=req.dist.node_rank == 0)
     if req.dist.node_rank > 0:  # a worker node: the node-rank-0 launcher owns the run directory
-        return launch.train_worker(p.recipe, p.run_path, data, resume=p.resume, device=p.device, dist=req.dist)
+        return session.train_worker(p.recipe, p.run_path, data, resume=p.resume, device=p.device, dist=req.dist)
     run_dir = rundir.RunDir(p.run_path) if p.resume else rundir.create(p.run_path)
     with runlock.Lock(run_dir.lock, warn=warn):
         verified = None
@@ -209,11 +212,11 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
             digest = rundir.verify_checkpoint(run_dir.last_checkpoint, req.trust_checkpoint, lambda msg: None)
             verified = {run_dir.last_checkpoint: digest}  # the engine checks it again right before unpickling
         extra = {"device": p.device, "world_size": req.dist.world_size,
-                 "engine_env": launch.engine_env_additions(p.recipe, p.device)}
+                 "engine_env": process.train_env_additions(p.recipe.train.cpu_threads, p.device)}
         info = {"checkpoint_sha256": p.checkpoint_sha256, "trusted": req.trust_checkpoint} if p.resume else None
         rundir.snapshot(run_dir, p.recipe, p.orig_text, req.argv, resumed=p.resume, extra=extra, resume_info=info)
         console.print(f"run directory: {run_dir.path}", highlight=False)
-        status = launch.train(p.recipe, run_dir, data, resume=p.resume, device=p.device, dist=req.dist,
+        status = session.train(p.recipe, run_dir, data, resume=p.resume, device=p.device, dist=req.dist,
                               console=console, progress=req.progress, verified=verified)
     failure = rundir.read_meta(run_dir).get("failure") if status == "failed" else None
     if failure and failure.get("message"):

@@ -1,8 +1,8 @@
 """The recipe schema: one frozen dataclass per YAML section (DESIGN.md section 7).
 
 Each section's __post_init__ raises ValueError listing every problem of that section, one `key: message` per line
-(keys relative to the section). smx.recipes adds the section prefix, collects problems across sections, checks the
-cross-section rules, and raises one UserError. Field types are checked by smx.recipe_io.coerce before construction.
+(keys relative to the section). smx.recipe.recipes adds the section prefix, collects problems across sections, checks the
+cross-section rules, and raises one UserError. Field types are checked by smx.recipe.parse.coerce before construction.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from smx.fairseq_plugin.env import ARCH_LAYERS
+from smx.engine.contract import ARCH_LAYERS
 
 ARCHS = tuple(ARCH_LAYERS["translation"])
 LM_ARCHS = tuple(ARCH_LAYERS["language_modeling"])
@@ -127,7 +127,7 @@ class RouterConfig:
     estimator: str = "sparsemixer"  # smx.estimators.names()
     options: dict = field(default_factory=dict)  # the estimator's options, e.g. {jitter_eps: 0.1}
     # controlled: every setting but the estimator from the recipe; reference: each arm as its authors trained it
-    # (smx.protocol)
+    # (smx.recipe.protocol)
     protocol: Literal["controlled", "reference"] = "controlled"
     # controlled only: options per estimator, merged over `options` for that estimator, e.g.
     # {sparsemixer_v2: {jitter_eps: 0.01}}

@@ -8,13 +8,13 @@ Ctrl-C reaches the children (same process group): each saves, marks its run inte
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from smx.sweep import Cell, SweepPlan, write_study
+from smx.run.paths import RunDir
+from smx.study.sweep import Cell, SweepPlan, write_study
 
 VERB = {"start": "starting", "resume": "resuming"}
 
@@ -32,20 +32,18 @@ def cell_argv(plan: SweepPlan, cell: Cell, device: str | None) -> list[str]:
 
 
 def outcome(path: Path, returncode: int) -> str:
-    try:
-        status = json.loads((path / "meta.json").read_text()).get("status", "")
-    except (OSError, ValueError, AttributeError):
-        status = ""
+    status = RunDir(path).status()
     if status in ("done", "failed", "interrupted"):
         return status
     return "interrupted" if returncode == 130 else f"error: exit code {returncode} (see the log)"
 
 
 def run_parallel(plan: SweepPlan, jobs: int, device: str | None = None, console=None) -> dict[Path, str]:
-    """Run the plan's start/resume cells, at most `jobs` at a time; same outcomes as smx.sweep.run_sweep."""
+    """Run the plan's start/resume cells, at most `jobs` at a time; same outcomes as smx.study.sweep.run_sweep."""
     from rich.console import Console
 
-    from smx import recipes, training
+    from smx.recipe import recipes
+    from smx.run import train as training
 
     console = console or Console(stderr=True)
     # prepare the dataset once, here, rather than racing for its lock in every child

@@ -1,6 +1,7 @@
-"""What a launcher needs to run the fairseq engine with this plugin. Imports neither fairseq nor torch.
+"""The contract between smx and its fairseq engine processes: names, environment switches and the plugin directory,
+shared by the parent (launcher) and the child (smx.fairseq_plugin). Imports neither fairseq nor torch.
 
-    from smx.fairseq_plugin import env
+    from smx.engine import contract as env
     argv = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", str(env.user_dir()), ...]
     subprocess.run(argv, env={**os.environ, **env.engine_env()})
     # evaluation / generation: append env.EVAL_ARGS
@@ -50,5 +51,5 @@ def engine_env() -> dict[str, str]:
 
 
 def user_dir() -> Path:
-    """The directory to pass as fairseq's --user-dir (this package's directory)."""
-    return Path(__file__).resolve().parent
+    """The directory to pass as fairseq's --user-dir: the smx.fairseq_plugin package."""
+    return Path(__file__).resolve().parents[1] / "fairseq_plugin"

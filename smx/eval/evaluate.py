@@ -1,9 +1,9 @@
 """Evaluation of a run directory: BLEU (tokenized and sacreBLEU) by beam search, perplexity for LM runs.
 
-The engine runs in a subprocess (`python -m smx.engine_entry fairseq_cli.generate` / `fairseq_cli.eval_lm`); this
+The engine runs in a subprocess (`python -m smx.engine.entry fairseq_cli.generate` / `fairseq_cli.eval_lm`); this
 module never imports fairseq.
 
-Scores (RUN/eval/bleu.json, RUN/eval/ppl.json) and the parsing of the engine's output: smx.scoring.
+Scores (RUN/eval/bleu.json, RUN/eval/ppl.json) and the parsing of the engine's output: smx.eval.scoring.
 
 Checkpoints are pickles (loading one runs code): every checkpoint file is checked against the sha256 smx recorded
 when it saved it (checkpoints/SHA256SUMS) before anything is written or unpickled, and the engine checks it again
@@ -13,18 +13,18 @@ right before loading; a mismatch or a missing record is refused unless trust_che
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smx.checkpoint_average import model_checkpoint
+from smx.engine import contract
+from smx.engine.process import engine_command, run_captured
 from smx.errors import UserError
-from smx.scoring import check_count, detokenize, idx_length, parse_eval_lm, parse_generate, read_lines, score_bleu
+from smx.eval.average import model_checkpoint
+from smx.recipe import recipes
+from smx.run.paths import verify_checkpoint
+from smx.eval.scoring import check_count, detokenize, idx_length, parse_eval_lm, parse_generate, read_lines, score_bleu
 
 
 # ------------------------------------------------------------------------------------------------ run resolution
@@ -64,8 +64,6 @@ def _match(pattern: str, name: str) -> str | None:
 
 def load_run_recipe(run: Path):
     """The run's resolved recipe (RUN/recipe.yaml); UserError when RUN is not a run directory."""
-    from smx import recipes
-
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     if not (run / "recipe.yaml").is_file():
@@ -122,12 +120,8 @@ def raw_reference(data_dir: Path, subset: str, tgt: str) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------------- engine
 def engine_base(module: str, bin_dir: Path, checkpoint: Path, subset: str, max_tokens: int) -> list[str]:
-    from smx.fairseq_plugin import env
-
-    # -P: the current directory is not put on sys.path, so a directory named smx/ (or fairseq/) there cannot
-    # shadow the installed packages in the engine process; smx.engine_entry runs `module` and exits cleanly
-    return [sys.executable, "-P", "-m", "smx.engine_entry", module, str(bin_dir), "--path", str(checkpoint),
-            "--user-dir", str(env.user_dir()), "--gen-subset", subset, "--max-tokens", str(max_tokens), *env.EVAL_ARGS]
+    return engine_command(module, [str(bin_dir), "--path", str(checkpoint), "--user-dir", str(contract.user_dir()),
+                                   "--gen-subset", subset, "--max-tokens", str(max_tokens), *contract.EVAL_ARGS])
 
 
 def generate_argv(bin_dir: Path, checkpoint: Path, subset: str, src: str, tgt: str, beam: int, lenpen: float,
@@ -142,41 +136,6 @@ def eval_lm_argv(bin_dir: Path, checkpoint: Path, subset: str, tokens_per_sample
     return engine_base("fairseq_cli.eval_lm", bin_dir, checkpoint, subset, max_tokens) + [
         "--task", "language_modeling", "--tokens-per-sample", str(tokens_per_sample),
         "--sample-break-mode", sample_break_mode, "--context-window", str(context_window)]
-
-
-def run_engine(argv: list[str], log: Path, label: str, total: int | None = None, count_prefix: str = "H-",
-               extra_env: dict[str, str] | None = None) -> str:
-    """Run an engine command, streaming stdout (progress: lines starting with count_prefix) into log.
-
-    Returns stdout followed by stderr; raises UserError (last output line, log path) when the engine fails.
-    """
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from smx.fairseq_plugin import env
-
-    environ = {**os.environ, **env.engine_env(), "LOGLEVEL": "INFO", **(extra_env or {})}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, encoding="utf-8", errors="replace", env=environ)
-    err: list[str] = []
-    drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
-    drain.start()
-    out: list[str] = []
-    with Progress(console=Console(stderr=True), transient=True) as bar, open(log, "w", encoding="utf-8") as f:
-        f.write(" ".join(argv) + "\n")
-        task = bar.add_task(label, total=total)
-        for line in proc.stdout:
-            out.append(line)
-            f.write(line)
-            if line.startswith(count_prefix):
-                bar.advance(task)
-        proc.wait()
-        drain.join()
-        f.write("".join(err))
-    if proc.returncode != 0:
-        last = next((x.strip() for x in reversed(err + out) if x.strip()), "no output")
-        raise UserError(f"engine failed (exit {proc.returncode}): {last[:300]} (full log: {log})")
-    return "".join(out) + "".join(err)  # results on stdout; logging may go to either stream
 
 
 SUBSETS = ("valid", "test")
@@ -202,8 +161,6 @@ def _write_result(eval_dir: Path, kind: str, result: dict) -> Path:
 
 def verify_checkpoints(files: list[Path], trust: bool = False) -> dict[Path, str]:
     """{file: sha256} after checking each against the run's SHA256SUMS (UserError unless `trust`)."""
-    from smx.rundir import verify_checkpoint
-
     return {p: verify_checkpoint(p, trust) for p in files}
 
 
@@ -240,7 +197,7 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     start = time.time()
     with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, check_env):
         argv = generate_argv(bin_dir, ckpt, subset, src, tgt, beam, lenpen, max_tokens)
-        text = run_engine(argv, eval_dir / f"{subset}.generate.log", f"beam search ({subset})", total=n,
+        text = run_captured(argv, eval_dir / f"{subset}.generate.log", f"beam search ({subset})", total=n,
                           extra_env=check_env)
     hyps_tok = check_count(parse_generate(text), n)
     hyps_detok = detokenize(hyps_tok, ts.lang, ts.moses, ts.escape)
@@ -283,7 +240,7 @@ def ppl(run: Path, checkpoint: str = "best", subset: str | None = None, max_toke
     start = time.time()
     with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, check_env):
         argv = eval_lm_argv(bin_dir, ckpt, subset, tps, recipe.data.sample_break_mode, context_window, max_tokens)
-        text = run_engine(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})", extra_env=check_env)
+        text = run_captured(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})", extra_env=check_env)
     result = {"run": str(run), "subset": subset, "checkpoint": checkpoint, "checkpoint_files": [str(p) for p in ckpts],
               **parse_eval_lm(text), "loss_base": 2, "tokens_per_sample": tps, "context_window": context_window,
               "max_tokens": max_tokens, "seconds": round(time.time() - start, 2), "argv": argv}

@@ -3,7 +3,7 @@
     plan = plan_sweep(Path("recipes/tiny.yaml"), ["topk", "sparsemixer"], [1, 2, 3], overrides=["optim.lr=1e-3"])
     results = run_sweep(plan)
 
-Each grid cell is a run directory `<study dir>/<name>-<estimator>-s<seed>` (smx.rundir.default_path). On every call:
+Each grid cell is a run directory `<study dir>/<name>-<estimator>-s<seed>` (smx.run.paths.default_path). On every call:
 a run whose meta.json says `done` is skipped, an unfinished one with checkpoints/checkpoint_last.pt is resumed, a
 missing one is started; an unfinished run without a checkpoint cannot be resumed and is never overwritten: it is
 reported as blocked (delete it to start it again). <study dir>/study.json records the recipe and overrides; a study
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from smx.errors import UserError
+from smx.run.paths import RunDir
 
 STUDY_FILE = "study.json"
 
@@ -57,11 +58,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _status(path: Path) -> str:
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
-        meta = {}
-    return str(meta.get("status", "")) if isinstance(meta, dict) else ""
+    return RunDir(path).status()
 
 
 def cell_action(path: Path) -> str:
@@ -75,7 +72,8 @@ def cell_action(path: Path) -> str:
 def plan_sweep(recipe_path: Path, estimators: list[str], seeds: list[int], overrides: list[str] = (),
                study_dir: Path | None = None) -> SweepPlan:
     """Check the whole grid (every recipe loads with every estimator and seed) before anything runs; writes nothing."""
-    from smx import recipes, rundir
+    from smx.recipe import recipes
+    from smx.run import paths as rundir
 
     if not Path(recipe_path).is_file():
         raise UserError(f"{recipe_path}: no such recipe file")
@@ -132,7 +130,7 @@ def run_sweep(plan: SweepPlan, train: Callable | None = None, device: str | None
     """
     from rich.console import Console
 
-    from smx.training import TrainRequest, run
+    from smx.run.train import TrainRequest, run
 
     train = train or run
     console = console or Console(stderr=True)

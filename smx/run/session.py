@@ -1,12 +1,13 @@
-"""Running the fairseq engine for a run directory (smx.launch builds the command; this module runs it).
+"""Running the fairseq engine for a run directory: smx.engine.argv builds the arguments, smx.engine.process the
+command; this module runs it, follows train.log into metrics.jsonl and keeps meta.json.
 
 The engine is a subprocess in its own session (so that a terminal's Ctrl-C reaches smx first) that writes its output
 straight into train.log (so nothing it logged is lost if smx dies); smx follows the file, parses it into
-metrics.jsonl (smx.metrics) and drives a rich progress bar (smx.progress).
+metrics.jsonl (smx.run.metrics) and drives a rich progress bar (smx.run.progress).
 
 Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
 - The engine dies with smx: on Linux it gets SIGKILL when smx dies (PR_SET_PDEATHSIG; torchrun workers watch their
-  parent, smx.engine_entry), so a kill -9 of smx never leaves an orphan training on.
+  parent, smx.engine.entry), so a kill -9 of smx never leaves an orphan training on.
 - Checkpoint hashes are recorded by the engine when it saves (never by smx re-hashing whatever is on disk); smx only
   drops the lines of checkpoints the engine removed. A resume passes the hash smx verified to the engine, which
   checks it again right before unpickling.
@@ -23,27 +24,26 @@ Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shlex
 import signal
 import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from smx import metrics
-from smx.fairseq_plugin import checksums
-from smx.launch import Distributed, engine_command, engine_environment, fairseq_argv
-from smx.procfs import children
-from smx.recipes import Recipe
-from smx.rundir import RunDir, now, prune_checksums, update_meta
+from smx.engine import checksums
+from smx.engine.argv import fairseq_argv
+from smx.engine.procfs import children
+from smx.engine.process import (Distributed, die_with_parent, engine_command, engine_environment, follow,
+                                is_main_thread, kill_group, train_env_additions, verify_env)
+from smx.recipe.recipes import Recipe
+from smx.run import metrics
+from smx.run.paths import RunDir, now, prune_checksums, update_meta
+from smx.run.progress import TrainProgress
 
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -75,48 +75,6 @@ def _forward(state: _State, signum: int) -> None:
         pass
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A Popen preexec_fn making the child get SIGKILL when this process dies (Linux), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: no import or dlopen after fork
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-def _follow(path: Path, offset: int, proc: subprocess.Popen, poll: float = 0.05):
-    """Yield the complete lines appended to `path` after byte `offset` until `proc` has exited and all is read."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        pending = b""
-        while True:
-            chunk = f.readline()
-            if chunk:
-                pending += chunk
-                if pending.endswith(b"\n"):
-                    yield pending.decode("utf-8", errors="replace")
-                    pending = b""
-                continue
-            if proc.poll() is not None:
-                rest = f.read()
-                if rest:
-                    pending += rest
-                    continue
-                if pending:
-                    yield pending.decode("utf-8", errors="replace")
-                return
-            time.sleep(poll)
-
-
 def _handle(line: str, run: RunDir, state: _State, session_start: int, clock: dict, bar: Any) -> None:
     event = metrics.parse_event(line)
     if event is not None and event.kind == "saved":
@@ -137,20 +95,18 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
           verified: dict[Path, str] | None = None) -> str:
     """Run the engine for `run` and return the final status: done | failed | interrupted (also in meta.json).
 
-    The caller created/locked the run directory and wrote the snapshot (smx.rundir); `verified` maps the checkpoint
+    The caller created/locked the run directory and wrote the snapshot (smx.run.paths); `verified` maps the checkpoint
     a resume loads to the sha256 the caller checked. Output goes to train.log, metrics to metrics.jsonl; the engine
     records checkpoint hashes in checkpoints/SHA256SUMS.
     """
-    from smx.progress import TrainProgress
-
     argv = fairseq_argv(recipe, run.path, data_dir, resume=resume, device=device, world_size=dist.world_size)
-    cmd = engine_command(argv, dist)
+    cmd = engine_command("fairseq_cli.train", argv, dist)
     run.argv.write_text(shlex.join(cmd) + "\n")
     _remove_partial_checkpoints(run)
-    extra = {checksums.VERIFY_ENV: checksums.verify_env_value(verified)} if verified else {}
+    extra = {**train_env_additions(recipe.train.cpu_threads, device), **verify_env(verified or {})}
     state = _State(graceful=True, distributed=dist.world_size > 1)
     handlers = {}
-    if _is_main_thread():
+    if is_main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, lambda signum, frame: _forward(state, signum))
     clock = {"t0": time.monotonic(), "offset": 0.0}
@@ -162,10 +118,10 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
             session_start = log.tell()
             state.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=engine_environment(recipe, device, extra), start_new_session=True,
+                env=engine_environment(extra), start_new_session=True,
                 preexec_fn=die_with_parent(),
             )
-            for line in _follow(run.log, session_start, state.proc):
+            for line in follow(run.log, session_start, state.proc):
                 _handle(line, run, state, session_start, clock, bar)
             rc = state.proc.wait()
     except KeyboardInterrupt:  # not the main thread's handler: still stop the engine
@@ -180,7 +136,7 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
         for sig, old in handlers.items():
             signal.signal(sig, old)
         if state.proc is not None and state.proc.poll() is None:
-            _kill_group(state.proc)
+            kill_group(state.proc)
         if run.checkpoints.is_dir():
             prune_checksums(run.checkpoints)
     return _finish(run, state, rc)
@@ -228,11 +184,12 @@ def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool
     directory and keeps its records (its engine ranks are the only ones that save); creating any of it here could
     make node 0, started later, refuse the directory as an existing run."""
     argv = fairseq_argv(recipe, run_path, data_dir, resume=resume, device=device, world_size=dist.world_size)
-    proc = subprocess.Popen(engine_command(argv, dist), env=engine_environment(recipe, device),
+    proc = subprocess.Popen(engine_command("fairseq_cli.train", argv, dist),
+                            env=engine_environment(train_env_additions(recipe.train.cpu_threads, device)),
                             start_new_session=True, preexec_fn=die_with_parent())
     state = _State(proc=proc)
     handlers = {}
-    if _is_main_thread():
+    if is_main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, lambda signum, frame: _forward(state, signum))
     try:
@@ -241,15 +198,6 @@ def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool
         for sig, old in handlers.items():
             signal.signal(sig, old)
     return "interrupted" if state.interrupts else ("done" if rc == 0 else "failed")
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the engine's whole process group (torchrun and its workers too) and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def _remove_partial_checkpoints(run: RunDir) -> None:
@@ -280,7 +228,3 @@ def _resume_metrics(run: RunDir, step: int, session_start: int) -> float:
     tmp.write_text("".join(metrics.dumps(e) + "\n" for e in entries), encoding="utf-8")
     os.replace(tmp, run.metrics)
     return max((float(e.get("wall", 0.0)) for e in entries), default=0.0)
-
-
-def _is_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()

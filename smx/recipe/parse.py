@@ -1,7 +1,7 @@
-"""The parsing half of smx.recipes: YAML with duplicate-key detection, typed coercion, `--set` overrides, hints.
+"""The parsing half of smx.recipe.recipes: YAML with duplicate-key detection, typed coercion, `--set` overrides, hints.
 
 Everything here is pure (text in, values or problem strings out). A "problem" is one line `key.path: message`;
-smx.recipes collects them all and raises one UserError.
+smx.recipe.recipes collects them all and raises one UserError.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cross-key recipe rules (smx.recipes): task-specific keys, layer indices, datasets, estimators and their options.
+"""Cross-key recipe rules (smx.recipe.recipes): task-specific keys, layer indices, datasets, estimators and their options.
 
 Each rule returns problem lines `key.path: message`; rules check only the sections that were built.
 """
@@ -9,8 +9,8 @@ import re
 from dataclasses import fields
 from typing import Any
 
-from smx.recipe_io import hint
-from smx.recipe_schema import ARCH_LAYERS, LM_ARCHS, SECTIONS, DataConfig, MoEConfig, RouterConfig
+from smx.recipe.parse import hint
+from smx.recipe.schema import ARCH_LAYERS, LM_ARCHS, SECTIONS, DataConfig, MoEConfig, RouterConfig
 
 TASKS = ("translation", "language_modeling")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
