@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from smx.eval import evaluate
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a run: BLEU (translation) or perplexity (language modeling).")
 
@@ -26,8 +27,6 @@ def bleu(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
 ) -> None:
     """Beam search on every sentence of the subset; tokenized BLEU and sacreBLEU into RUN/eval/bleu.json."""
-    from smx.eval import evaluate
-
     r = evaluate.bleu(run, checkpoint=checkpoint, subset=subset, beam=beam, lenpen=lenpen, max_tokens=max_tokens,
                       trust_checkpoint=trust_checkpoint)
     console = Console(highlight=False)
@@ -50,8 +49,6 @@ def ppl(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
 ) -> None:
     """Perplexity of an LM run (fairseq eval_lm) into RUN/eval/ppl.json: base-2 loss per token, ppl, tokens."""
-    from smx.eval import evaluate
-
     r = evaluate.ppl(run, checkpoint=checkpoint, subset=subset, max_tokens=max_tokens, context_window=context_window,
                      trust_checkpoint=trust_checkpoint)
     console = Console(highlight=False)

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from smx.study import report as rep
 
 
 def report(
@@ -16,8 +17,6 @@ def report(
     command: List[str] = typer.Option([], "--command", help="a command that produced the study (repeatable)"),
 ) -> None:
     """Write report.md (comparison table, plots, runs, exact commands) next to the comparison."""
-    from smx.study import report as rep
-
     out = rep.write(study, compare_dir or study / "compare", list(command))
     Console().print(f"wrote {out}", highlight=False)
 

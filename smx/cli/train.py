@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from smx.engine.process import Distributed
+from smx.run.train import TrainRequest, run
 
 EXIT = {"done": 0, "failed": 1, "interrupted": 130}
 
@@ -64,9 +66,6 @@ def train(
 ) -> int:
     """Train a Switch Transformer MoE per RECIPE into a new run directory (or resume one)."""
     argv = _command_line(dict(locals()))  # first: only the parameters are local yet
-    from smx.engine.process import Distributed
-    from smx.run.train import TrainRequest, run
-
     dist = Distributed(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     req = TrainRequest(
         recipe_path=recipe, overrides=tuple(set_), estimator=estimator, seed=seed, runs_root=runs_root,

@@ -98,7 +98,7 @@ def reference_for(estimator: str, k: int) -> Reference:
 
 
 def resolve(router: Any, moe: Any) -> tuple[Any, Any, list[str]]:
-    """(router, moe, notes): the RouterConfig and MoEConfig sections with the protocol applied.
+    """(router, moe, notes): the RouterConfig and MoESection sections with the protocol applied.
 
     Raises ValueError (one `key: message` per line, keys relative to the recipe) for a bad per_estimator map.
     Notes name every recipe value the reference protocol replaced.

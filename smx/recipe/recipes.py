@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from smx.recipe import protocol
-from smx.errors import UserError
+from smx.errors import Problems, UserError
 from smx.recipe.parse import apply_override, coerce, hint, parse_yaml, split_override
 from smx.recipe.rules import TASK_DEFAULTS, cross_problems
 from smx.recipe.schema import (
@@ -27,11 +27,12 @@ from smx.recipe.schema import (
     DataConfig,
     EvalConfig,
     ModelConfig,
-    MoEConfig,
+    MoESection,
     OptimConfig,
     RouterConfig,
     TrainConfig,
 )
+from smx import estimators
 
 __all__ = ["Recipe", "load", "loads", "dump", "to_dict", "problems_of", "valid_keys"]
 
@@ -48,7 +49,7 @@ class Recipe:
     data: DataConfig
     seed: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
-    moe: MoEConfig = field(default_factory=MoEConfig)
+    moe: MoESection = field(default_factory=MoESection)
     router: RouterConfig = field(default_factory=RouterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -57,7 +58,7 @@ class Recipe:
     def __post_init__(self) -> None:
         problems = cross_problems(self.name, self.task, self.seed, {s: getattr(self, s) for s in SECTIONS})
         if problems:
-            raise ValueError("\n".join(problems))
+            raise UserError(problems)
 
 
 # ---------------------------------------------------------------- building
@@ -114,8 +115,8 @@ def _build_section(sec: str, raw: Any, task: Any) -> tuple[Any, list[str]]:
             kwargs[key] = "?"
     try:
         obj = cls(**kwargs)
-    except ValueError as e:
-        p += [f"{sec}.{line}" for line in str(e).splitlines() if line.split(":")[0] not in bad]
+    except Problems as e:
+        p += [f"{sec}.{key}: {message}" for key, message in e.problems if key not in bad]
         obj = None
     # A section built from good values (unknown keys aside) still takes part in the cross-section checks.
     return (obj if not bad else None), p
@@ -149,8 +150,8 @@ def _build(raw: dict, notes: list[str]) -> tuple[Recipe | None, list[str]]:
         notes.extend(more)
     try:
         return Recipe(**top, **sections), []
-    except ValueError as e:
-        return None, str(e).splitlines()
+    except UserError as e:
+        return None, e.problems
 
 
 def problems_of(text: str, overrides: Sequence[str] = (), *, estimator: str | None = None,
@@ -183,8 +184,6 @@ def problems_of(text: str, overrides: Sequence[str] = (), *, estimator: str | No
 
 def _switch_estimator(raw: dict, name: str) -> list[str]:
     """Set router.estimator=name, dropping the recipe's router.options that estimator does not take (noted)."""
-    from smx import estimators
-
     router = raw.get("router")
     if router is None:
         router = raw["router"] = {}
@@ -209,7 +208,7 @@ def loads(text: str, overrides: Sequence[str] = (), source: str = "<recipe>", *,
     """
     recipe, p = problems_of(text, overrides, estimator=estimator, notes=notes)
     if p:
-        raise UserError("\n".join(f"{source}: {line}" for line in p))
+        raise UserError([f"{source}: {line}" for line in p])
     assert recipe is not None
     return recipe
 

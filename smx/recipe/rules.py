@@ -9,8 +9,10 @@ import re
 from dataclasses import fields
 from typing import Any
 
+import data_prep
+from smx import estimators
 from smx.recipe.parse import hint
-from smx.recipe.schema import ARCH_LAYERS, LM_ARCHS, SECTIONS, DataConfig, MoEConfig, RouterConfig
+from smx.recipe.schema import ARCH_LAYERS, LM_ARCHS, SECTIONS, DataConfig, MoESection, RouterConfig
 
 TASKS = ("translation", "language_modeling")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -26,8 +28,6 @@ _UNUSED_BY = {
 
 def _per_estimator_problems(router: RouterConfig) -> list[str]:
     """router.per_estimator: every key an estimator, every option one that estimator takes."""
-    from smx import estimators
-
     names, p = list(estimators.names()), []
     for name, opts in router.per_estimator.items():
         if name not in names:
@@ -40,15 +40,12 @@ def _per_estimator_problems(router: RouterConfig) -> list[str]:
     return p
 
 
-def _estimator_problems(router: RouterConfig, moe: MoEConfig | None) -> list[str]:
-    from smx import estimators
-
+def _estimator_problems(router: RouterConfig, moe: MoESection | None) -> list[str]:
     names = list(estimators.names())
     if router.estimator not in names:
         return [f"router.estimator: unknown estimator {router.estimator!r}{hint(router.estimator, names)}"
                 f" (choices: {', '.join(names)})"]
-    base = estimators.get(router.estimator)
-    valid = list(base.option_names()) if hasattr(base, "option_names") else [f.name for f in fields(base)]
+    valid = estimators.REGISTRY[router.estimator].option_names()
     unknown = [k for k in router.options if k not in valid]
     if unknown:
         takes = f"valid options: {', '.join(valid)}" if valid else "it takes no options"
@@ -62,20 +59,8 @@ def _estimator_problems(router: RouterConfig, moe: MoEConfig | None) -> list[str
         return []
     try:
         est.validate(moe.k, moe.num_experts)
-    except ValueError as e:
+    except ValueError as e:  # e.g. a constant gate (topk normalize at k=1, the masked family at jitter_eps 0)
         return [f"router.estimator: {e}"]
-    return _constant_gate_problems(router, moe, est)
-
-
-def _constant_gate_problems(router: RouterConfig, moe: MoEConfig, est: Any) -> list[str]:
-    """With k=1, renormalizing the top-1 weights (a softmax after the top-k) makes the gate constant 1: the router
-    then gets no task gradient (DESIGN.md section 4). Refused whatever the estimator's own validate() says."""
-    if moe.k != 1:
-        return []
-    for key in ("renormalize", "normalize", "renorm", "normalize_gates", "softmax_after_topk"):
-        if bool(getattr(est, key, False)):
-            return [f"router.options.{key}: with moe.k=1 renormalized gates are constant 1 and the router gets no "
-                    f"task gradient; set router.options.{key}=false or moe.k>=2"]
     return []
 
 
@@ -116,10 +101,6 @@ def cross_problems(name: Any, task: Any, seed: Any, sections: dict[str, Any]) ->
 def _dataset_problems(task: Any, data: DataConfig) -> list[str]:
     """The dataset must be one data_prep knows (unless data.dir points at binarized data) and fit the task."""
     if data.dir is not None:
-        return []
-    try:
-        import data_prep
-    except ImportError:  # data_prep not installed: checked when training starts
         return []
     names = list(data_prep.names())
     if data.dataset not in names:

@@ -1,7 +1,7 @@
 """The recipe schema: one frozen dataclass per YAML section (DESIGN.md section 7).
 
-Each section's __post_init__ raises ValueError listing every problem of that section, one `key: message` per line
-(keys relative to the section). smx.recipe.recipes adds the section prefix, collects problems across sections, checks the
+Each section's __post_init__ raises smx.errors.Problems listing every problem of that section as (key, message)
+pairs (keys relative to the section). smx.recipe.recipes adds the section prefix, collects problems across sections, checks the
 cross-section rules, and raises one UserError. Field types are checked by smx.recipe.parse.coerce before construction.
 """
 
@@ -11,24 +11,24 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from smx.engine.contract import ARCH_LAYERS
+from smx.errors import Problems
 
-ARCHS = tuple(ARCH_LAYERS["translation"])
 LM_ARCHS = tuple(ARCH_LAYERS["language_modeling"])
 
 
-def _raise(problems: list[str]) -> None:
+def _raise(problems: list[tuple[str, str]]) -> None:
     if problems:
-        raise ValueError("\n".join(problems))
+        raise Problems(problems)
 
 
-def _fraction(problems: list[str], key: str, value: float) -> None:
+def _fraction(problems: list[tuple[str, str]], key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
-        problems.append(f"{key}: {value} must be in [0, 1)")
+        problems.append((key, f"{value} must be in [0, 1)"))
 
 
-def _positive(problems: list[str], key: str, value: float | int, allow_zero: bool = False) -> None:
+def _positive(problems: list[tuple[str, str]], key: str, value: float | int, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        problems.append(f"{key}: {value} must be {'>= 0' if allow_zero else '> 0'}")
+        problems.append((key, f"{value} must be {'>= 0' if allow_zero else '> 0'}"))
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class DataConfig:
     sample_break_mode: Literal["none", "complete", "complete_doc", "eos"] = "none"  # language modeling
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         if not self.dataset:
-            p.append("dataset: must not be empty")
+            p.append(("dataset", "must not be empty"))
         _positive(p, "tokens_per_sample", self.tokens_per_sample)
         _raise(p)
 
@@ -65,7 +65,7 @@ class ModelConfig:
     decoder_layers: int | None = None
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         for key in ("dropout", "attention_dropout", "activation_dropout"):
             _fraction(p, key, getattr(self, key))
         for key in ("embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"):
@@ -73,12 +73,14 @@ class ModelConfig:
             if value is not None:
                 _positive(p, key, value)
         if self.embed_dim and self.attention_heads and self.embed_dim % self.attention_heads:
-            p.append(f"embed_dim: {self.embed_dim} is not divisible by attention_heads={self.attention_heads}")
+            p.append(("embed_dim", f"{self.embed_dim} is not divisible by attention_heads={self.attention_heads}"))
         _raise(p)
 
 
 @dataclass(frozen=True)
-class MoEConfig:
+class MoESection:
+    """The recipe's moe section (smx.moe.MoEConfig is the layer's own config, built from it by the plugin)."""
+
     num_experts: int = 4
     k: int = 1
     encoder_layers: tuple[int, ...] = (0, 2, 4)  # indices of the encoder layers whose FFN is an MoE
@@ -99,23 +101,23 @@ class MoEConfig:
     zloss_weight: float = 0.0  # loss += zloss_weight * router z-loss
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         if self.num_experts < 1:
-            p.append(f"num_experts: {self.num_experts} must be >= 1")
+            p.append(("num_experts", f"{self.num_experts} must be >= 1"))
         if self.k < 1:
-            p.append(f"k: {self.k} must be >= 1")
+            p.append(("k", f"{self.k} must be >= 1"))
         elif self.num_experts >= 1 and self.k > self.num_experts:
-            p.append(f"k: {self.k} > moe.num_experts={self.num_experts}")
+            p.append(("k", f"{self.k} > moe.num_experts={self.num_experts}"))
         for key in ("encoder_layers", "decoder_layers"):
             layers = getattr(self, key)
             if any(i < 0 for i in layers):
-                p.append(f"{key}: layer indices must be >= 0, got {list(layers)}")
+                p.append((key, f"layer indices must be >= 0, got {list(layers)}"))
             if len(set(layers)) != len(layers):
-                p.append(f"{key}: repeated layer index in {list(layers)}")
+                p.append((key, f"repeated layer index in {list(layers)}"))
         for key in ("capacity_factor", "eval_capacity_factor"):
             value = getattr(self, key)
             if value is not None and value <= 0:
-                p.append(f"{key}: {value} must be > 0 (or null for dropless)")
+                p.append((key, f"{value} must be > 0 (or null for dropless)"))
         _fraction(p, "input_jitter", self.input_jitter)
         _positive(p, "balance_weight", self.balance_weight, allow_zero=True)
         _positive(p, "zloss_weight", self.zloss_weight, allow_zero=True)
@@ -134,12 +136,12 @@ class RouterConfig:
     per_estimator: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         for name, opts in self.per_estimator.items():
             if not isinstance(opts, dict):
-                p.append(f"per_estimator.{name}: expected a mapping of options, got {opts!r}")
+                p.append((f"per_estimator.{name}", f"expected a mapping of options, got {opts!r}"))
         if self.per_estimator and self.protocol == "reference":
-            p.append("per_estimator: not used under protocol reference (each arm takes its reference's options)")
+            p.append(("per_estimator", "not used under protocol reference (each arm takes its reference's options)"))
         _raise(p)
 
 
@@ -156,17 +158,17 @@ class OptimConfig:
     warmup_init_lr: float = 1e-7  # inverse_sqrt only
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         _positive(p, "lr", self.lr)
         if not all(0.0 <= b < 1.0 for b in self.betas):
-            p.append(f"betas: {list(self.betas)} must be in [0, 1)")
+            p.append(("betas", f"{list(self.betas)} must be in [0, 1)"))
         _positive(p, "adam_eps", self.adam_eps)
         _positive(p, "weight_decay", self.weight_decay, allow_zero=True)
         _positive(p, "clip_norm", self.clip_norm, allow_zero=True)
         _positive(p, "warmup_updates", self.warmup_updates, allow_zero=True)
         _positive(p, "warmup_init_lr", self.warmup_init_lr, allow_zero=True)
         if self.scheduler == "inverse_sqrt" and self.lr > 0 and self.warmup_init_lr > self.lr:
-            p.append(f"warmup_init_lr: {self.warmup_init_lr} > optim.lr={self.lr}")
+            p.append(("warmup_init_lr", f"{self.warmup_init_lr} > optim.lr={self.lr}"))
         _raise(p)
 
 
@@ -195,7 +197,7 @@ class TrainConfig:
     ddp_backend: Literal["legacy_ddp", "pytorch_ddp", "no_c10d"] = "legacy_ddp"
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         _positive(p, "max_tokens", self.max_tokens)
         if self.batch_size is not None:
             _positive(p, "batch_size", self.batch_size)
@@ -203,7 +205,7 @@ class TrainConfig:
         _positive(p, "max_update", self.max_update, allow_zero=True)
         _positive(p, "max_epoch", self.max_epoch, allow_zero=True)
         if self.max_update == 0 and self.max_epoch == 0:
-            p.append("max_update: set train.max_update or train.max_epoch (both 0: the run would never stop)")
+            p.append(("max_update", "set train.max_update or train.max_epoch (both 0: the run would never stop)"))
         _fraction(p, "label_smoothing", self.label_smoothing)
         _positive(p, "log_interval", self.log_interval)
         _positive(p, "validate_interval", self.validate_interval)
@@ -214,7 +216,7 @@ class TrainConfig:
             if getattr(self, key) is not None:
                 _positive(p, key, getattr(self, key))
         if self.fp16 is True and self.device == "cpu":
-            p.append("fp16: true needs a GPU but train.device is cpu (use fp16: auto)")
+            p.append(("fp16", "true needs a GPU but train.device is cpu (use fp16: auto)"))
         _raise(p)
 
 
@@ -226,7 +228,7 @@ class EvalConfig:
     max_tokens: int = 4096
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         _positive(p, "beam", self.beam)
         _positive(p, "lenpen", self.lenpen, allow_zero=True)
         _positive(p, "max_tokens", self.max_tokens)
@@ -236,7 +238,7 @@ class EvalConfig:
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
-    "moe": MoEConfig,
+    "moe": MoESection,
     "router": RouterConfig,
     "optim": OptimConfig,
     "train": TrainConfig,

@@ -1,4 +1,5 @@
-"""fairseq's --log-format json log lines -> metrics.jsonl entries (CONTRACTS.md), and reading them back.
+"""fairseq's --log-format json log lines -> metrics.jsonl entries (the run-directory format of DESIGN.md section 6),
+and reading them back.
 
 fairseq logs `<date> <time> | INFO | <tag> | {json}` with tag `train_inner` (every --log-interval updates), `train`
 (end of epoch, keys prefixed `train_`) and `valid` (keys prefixed `valid_`); stat values are strings.

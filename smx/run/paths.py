@@ -30,6 +30,7 @@ from smx.errors import UserError
 from smx.engine import checksums
 from smx.recipe.protocol import arm_settings
 from smx.recipe.recipes import Recipe, dump
+import smx
 
 LOCK_NAME = "run.lock"
 SUMS_NAME = checksums.SUMS_NAME
@@ -138,8 +139,6 @@ def _version(dist: str) -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    import smx
-
     return {
         "smx": smx.__version__,
         "torch": _version("torch"),

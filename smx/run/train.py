@@ -25,6 +25,7 @@ from smx.run import lock as runlock
 from smx.errors import UserError
 from smx.engine.process import Distributed
 from smx.recipe.recipes import Recipe, load, loads, to_dict
+import data_prep
 
 # Keys a resumed run may change (everything else would not match the checkpoint or the run's identity).
 RESUMABLE = ("train.*", "eval.*", "data.root", "data.dir")
@@ -168,8 +169,6 @@ def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = Tr
     """
     if recipe.data.dir is not None:
         return Path(recipe.data.dir)
-    import data_prep
-
     name, root = recipe.data.dataset, Path(recipe.data.root)
     if not data_prep.is_prepared(name, root):
         command = f"smx data prep {name}" + (f" --out {root}" if root != Path("data") else "")

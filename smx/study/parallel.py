@@ -15,6 +15,8 @@ from pathlib import Path
 
 from smx.run.paths import RunDir
 from smx.study.sweep import Cell, SweepPlan, write_study
+from smx.recipe import recipes
+from smx.run import train as training
 
 VERB = {"start": "starting", "resume": "resuming"}
 
@@ -41,9 +43,6 @@ def outcome(path: Path, returncode: int) -> str:
 def run_parallel(plan: SweepPlan, jobs: int, device: str | None = None, console=None) -> dict[Path, str]:
     """Run the plan's start/resume cells, at most `jobs` at a time; same outcomes as smx.study.sweep.run_sweep."""
     from rich.console import Console
-
-    from smx.recipe import recipes
-    from smx.run import train as training
 
     console = console or Console(stderr=True)
     # prepare the dataset once, here, rather than racing for its lock in every child

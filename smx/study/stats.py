@@ -1,7 +1,7 @@
-"""Statistics of `smx compare` (pure functions, no dependencies beyond math and numpy).
+"""Statistics of `smx compare` (pure functions on numbers; numpy and scipy).
 
-- Student-t intervals over seeds: mean +- t_{(1+level)/2, n-1} * s / sqrt(n) (s: sample std, ddof=1); the t quantile
-  comes from the regularized incomplete beta function (continued fraction, modified Lentz), so no scipy is needed;
+- Student-t intervals over seeds: mean +- t_{(1+level)/2, n-1} * s / sqrt(n) (s: sample std, ddof=1), the t quantile
+  from scipy (a dependency anyway: fairseq imports scikit-learn, which needs it);
 - updates-to-target on a validation curve, optionally interpolated;
 - a percentile bootstrap interval of a ratio of means (each group resampled on its own, fixed seed);
 - the mean curve over seeds on the updates every seed validated.
@@ -13,61 +13,23 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 
 LEVEL = 0.95
 N_BOOT = 10_000
 BOOT_SEED = 0
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t: float, df: float) -> float:
-    """Student-t cumulative distribution function."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+    """Student-t cumulative distribution function (scipy)."""
+    return float(scipy.stats.t.cdf(t, df))
 
 
 def t_ppf(q: float, df: float) -> float:
-    """Student-t quantile (bisection on t_cdf), 0 < q < 1."""
+    """Student-t quantile (scipy), 0 < q < 1."""
     if not 0.0 < q < 1.0 or df <= 0:
         raise ValueError(f"t_ppf needs 0 < q < 1 and df > 0, got q={q}, df={df}")
-    if q < 0.5:
-        return -t_ppf(1.0 - q, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < q:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
-    return 0.5 * (lo + hi)
+    return float(scipy.stats.t.ppf(q, df))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ from typing import Callable
 
 from smx.errors import UserError
 from smx.run.paths import RunDir
+from smx.recipe import recipes
+from smx.run import paths as rundir
+from smx.run import train as training
 
 STUDY_FILE = "study.json"
 
@@ -72,9 +75,6 @@ def cell_action(path: Path) -> str:
 def plan_sweep(recipe_path: Path, estimators: list[str], seeds: list[int], overrides: list[str] = (),
                study_dir: Path | None = None) -> SweepPlan:
     """Check the whole grid (every recipe loads with every estimator and seed) before anything runs; writes nothing."""
-    from smx.recipe import recipes
-    from smx.run import paths as rundir
-
     if not Path(recipe_path).is_file():
         raise UserError(f"{recipe_path}: no such recipe file")
     for key in overrides:
@@ -130,9 +130,7 @@ def run_sweep(plan: SweepPlan, train: Callable | None = None, device: str | None
     """
     from rich.console import Console
 
-    from smx.run.train import TrainRequest, run
-
-    train = train or run
+    train = train or training.run  # looked up at call time (tests replace it)
     console = console or Console(stderr=True)
     write_study(plan)
     results: dict[Path, str] = {}
@@ -144,7 +142,7 @@ def run_sweep(plan: SweepPlan, train: Callable | None = None, device: str | None
             console.print(f"{head}: {results[cell.path]} ({why})", markup=False, highlight=False)
             continue
         console.print(f"{head}: {'resuming' if cell.action == 'resume' else 'starting'}", markup=False, highlight=False)
-        req = TrainRequest(recipe_path=None if cell.action == "resume" else plan.recipe_path,
+        req = training.TrainRequest(recipe_path=None if cell.action == "resume" else plan.recipe_path,
                            overrides=plan.overrides, estimator=None if cell.action == "resume" else cell.estimator,
                            seed=None if cell.action == "resume" else cell.seed, runs_root=plan.study_dir,
                            resume=cell.path if cell.action == "resume" else None, device=device, progress=progress,

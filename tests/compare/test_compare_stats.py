@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from smx.study.compare import discover, load_run, summarize
-from smx.study.stats import betainc, bootstrap_ratio_ci, mean_ci, mean_curve, steps_to_target, t_cdf, t_ppf
+from smx.study.stats import bootstrap_ratio_ci, mean_ci, mean_curve, steps_to_target, t_cdf, t_ppf
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706204736), (2, 4.302652730), (3, 3.182446305), (4, 2.776445105),
@@ -17,12 +17,6 @@ def test_t_ppf_matches_tables(df, expected):
     assert t_ppf(0.975, df) == pytest.approx(expected, abs=1e-7)
     assert t_cdf(expected, df) == pytest.approx(0.975, abs=1e-10)
     assert t_ppf(0.025, df) == pytest.approx(-expected, abs=1e-7)
-
-
-def test_betainc_closed_forms():
-    assert betainc(1.0, 1.0, 0.3) == pytest.approx(0.3)  # uniform
-    assert betainc(2.0, 1.0, 0.3) == pytest.approx(0.09)  # x^2
-    assert betainc(0.5, 0.5, 0.25) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.25)))  # arcsine
 
 
 def test_mean_ci_known_values():

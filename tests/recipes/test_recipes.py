@@ -199,7 +199,7 @@ def test_file_errors(tmp_path: Path):
 
 
 def test_sections_reject_bad_values_directly():
-    from smx.recipe.schema import MoEConfig
+    from smx.recipe.schema import MoESection
 
     with pytest.raises(ValueError, match="k: 3 > moe.num_experts=2"):
-        MoEConfig(num_experts=2, k=3)
+        MoESection(num_experts=2, k=3)
