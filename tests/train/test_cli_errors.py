@@ -34,6 +34,11 @@ def cwd(tmp_path: Path, monkeypatch):
     (["nope.yaml"], "error: nope.yaml: recipe file not found"),
     ([], "error: missing RECIPE (a recipes/*.yaml file), or --resume RUN"),
     ([TINY, "--nproc-per-node", "0"], "error: --nproc-per-node 0: must be >= 1"),
+    ([TINY, "--set", "router.options.jitter_eps=0"], f"error: {TINY}: router.estimator: estimator 'sparsemixer' "
+                                                     "with jitter_eps=0 keeps only the argmax in its mask, so every "
+                                                     "gate is constant 1 and the router would get no task gradient"),
+    ([TINY, "--estimator", "sparsemixer_v2", "--set", "moe.k=2", "--set", "router.per_estimator.sparsemixer_v2="
+      "{jitter_eps: 0}"], f"error: {TINY}: router.estimator: estimator 'sparsemixer_v2' with jitter_eps=0"),
     (["--resume", "runs/nothing"], "error: --resume runs/nothing: no such run directory"),
     ([TINY, "--device", "gpu"], "error: Invalid value for '--device'"),
     ([TINY, "--set", "data.dir=nowhere"], "error: data.dir: nowhere is not a directory"),
