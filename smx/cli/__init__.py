@@ -11,8 +11,8 @@ import sys
 import typer
 from rich.console import Console
 
-from smx.errors import UserError
 from smx.cli import compare, data, diagnose, evaluate, recipe, report, sweep, train
+from smx.errors import UserError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -23,20 +23,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data.app, name="data")
-app.add_typer(recipe.app, name="recipe")
-app.add_typer(diagnose.app, name="diagnose")
-app.add_typer(evaluate.app, name="eval")
-train.register(app)
-compare.register(app)
-sweep.register(app)
-report.register(app)
+for command in (data, recipe, diagnose, evaluate, train, compare, sweep, report):
+    command.register(app)  # each cli module adds its command (or command group) and nothing else
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on argv and return its exit code; bad input gives one line on stderr and code 2."""
-    try:
-        result = app(args=argv, prog_name="smx", standalone_mode=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # the command line as typed travels to the commands that record it (meta.json argv)
+        result = app(args=argv, prog_name="smx", standalone_mode=False, obj={"argv": ["smx", *argv]})
         return int(result) if isinstance(result, int) else 0
     except typer.Exit as e:
         return e.exit_code

@@ -121,3 +121,8 @@ def verify(name: str = typer.Argument(...), root: Path = typer.Option(Path("data
         return 1
     console.print(f"{root / name}: all files match the manifest")
     return 0
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the `smx data ...` command group."""
+    parent.add_typer(app, name="data")

@@ -55,3 +55,8 @@ def gradients(
     if json_file is not None:
         json_file.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {json_file}")
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the `smx diagnose ...` command group."""
+    parent.add_typer(app, name="diagnose")

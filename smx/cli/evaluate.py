@@ -55,3 +55,8 @@ def ppl(
     console.print(f"{r['subset']}: {r['tokens']} tokens, checkpoint {r['checkpoint']}: loss {r['loss']:.4f} "
                   f"(base 2), ppl {r['ppl']:.2f}", markup=False)
     console.print(f"wrote {r['path']}", markup=False, soft_wrap=True)
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the `smx eval ...` command group."""
+    parent.add_typer(app, name="eval")

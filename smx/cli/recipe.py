@@ -72,3 +72,8 @@ def arm_table(arm: dict) -> Table:
         elif key not in ("estimator", "protocol"):
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, bool)) or value is None else str(value))
     return table
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the `smx recipe ...` command group."""
+    parent.add_typer(app, name="recipe")

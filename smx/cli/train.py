@@ -4,16 +4,15 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+
 from smx.engine.process import Distributed
 from smx.run.train import TrainRequest, run
-
 EXIT = {"done": 0, "failed": 1, "interrupted": 130}
 
 
@@ -23,26 +22,8 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-def _command_line(params: dict) -> list[str]:
-    """The smx command as typed: sys.argv when run as `smx`, else rebuilt from the parsed parameters (tests)."""
-    if sys.argv and Path(sys.argv[0]).name == "smx":
-        return ["smx", *sys.argv[1:]]
-    out = ["smx", "train"] + ([str(params["recipe"])] if params.get("recipe") else [])
-    defaults = {"runs_root": Path("runs"), "nproc_per_node": 1, "nnodes": 1, "node_rank": 0,
-                "master_addr": "127.0.0.1", "no_progress": False, "trust_checkpoint": False}
-    for name, value in params.items():
-        if name == "recipe" or value is None or value == [] or defaults.get(name, object()) == value:
-            continue
-        flag = "--" + name.rstrip("_").replace("_", "-")
-        if value is True:
-            out.append(flag)
-        else:
-            for v in value if isinstance(value, list) else [value]:
-                out += [flag, str(v.value if isinstance(v, Enum) else v)]
-    return out
-
-
 def train(
+    ctx: typer.Context,
     recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (optional with --resume)"),
     set_: List[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable), e.g. --set optim.lr=1e-4"),
     estimator: Optional[str] = typer.Option(
@@ -65,7 +46,7 @@ def train(
              "are pickles: loading one runs code)"),
 ) -> int:
     """Train a Switch Transformer MoE per RECIPE into a new run directory (or resume one)."""
-    argv = _command_line(dict(locals()))  # first: only the parameters are local yet
+    argv = ctx.obj["argv"] if isinstance(ctx.obj, dict) else ["smx", "train"]  # as typed (smx.cli.run)
     dist = Distributed(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     req = TrainRequest(
         recipe_path=recipe, overrides=tuple(set_), estimator=estimator, seed=seed, runs_root=runs_root,
