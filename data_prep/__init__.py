@@ -29,14 +29,14 @@ from pathlib import Path
 
 from smx.errors import UserError
 
-from data_prep import manifest as _manifest
-from data_prep import pipeline
-from data_prep.fetch import parse_source
-from data_prep.files import digest
-from data_prep.progress import Reporter
+from data_prep.steps import manifest as _manifest
+from data_prep.steps import pipeline
+from data_prep.steps.fetch import parse_source
+from data_prep.steps.files import digest
+from data_prep.steps.progress import Reporter
 from data_prep.registry import REGISTRY, get
-from data_prep.runner import Prep, locked
-from data_prep.spec import SPLITS, DatasetInfo
+from data_prep.steps.runner import Prep, locked
+from data_prep.steps.spec import SPLITS, DatasetInfo
 
 __all__ = ["DatasetInfo", "bin_dir", "info", "is_prepared", "manifest", "names", "prepare", "verify"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from smx.errors import UserError
 
-from data_prep import ding, multi30k, shakespeare, synthetic_lm, synthetic_mt, wikitext, wmt14
-from data_prep.spec import DatasetSpec
+from data_prep.datasets import ding, multi30k, shakespeare, synthetic_lm, synthetic_mt, wikitext, wmt14
+from data_prep.steps.spec import DatasetSpec
 
 REGISTRY: dict[str, DatasetSpec] = {
     spec.info.name: spec

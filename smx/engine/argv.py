@@ -1,4 +1,4 @@
-"""Recipe + run directory -> the fairseq_cli.train arguments: a pure function, golden-tested (tests/launch/golden).
+"""Recipe + run directory -> the fairseq_cli.train arguments: a pure function, golden-tested (tests/engine/golden).
 
     argv = fairseq_argv(recipe, run_dir, data_dir, resume=False, device="cpu")
 

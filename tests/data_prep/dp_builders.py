@@ -114,7 +114,7 @@ def ding_text(n: int = 300) -> str:
 
 
 def ding_expected(n: int = 300) -> dict[str, int]:
-    from data_prep.ding import split_of
+    from data_prep.datasets.ding import split_of
 
     counts = {"train": 0, "valid": 0, "test": 0}
     for i in range(n):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from data_prep.manifest import Manifest
-from data_prep.progress import Reporter
-from data_prep.runner import Prep
+import pytest
+
+import data_prep
+from data_prep.steps.manifest import Manifest
+from data_prep.steps.progress import Reporter
+from data_prep.steps.runner import Prep
 
 
 def make_prep(root: Path, name: str = "ds", workers: int = 1) -> Prep:
@@ -60,3 +63,21 @@ def stable_manifest(data: dict) -> dict:
     d["summary"].pop("timings", None)
     d["summary"].pop("total_seconds", None)
     return d
+
+
+# A small synthetic-mt prep shared by the resume tests (tests/data_prep/test_data_resume.py, tests/e2e).
+NAME = "synthetic-mt"
+OPTIONS = {"train": 300, "valid": 40, "test": 30, "domains": 3, "words": 20}
+MERGES = 30
+
+
+def prepare_small(root: Path, **kw) -> Path:
+    return data_prep.prepare(NAME, root=root, bpe_merges=MERGES, progress=False, options=OPTIONS, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted prep shared by the tests of a module."""
+    root = tmp_path_factory.mktemp("reference")
+    prepare_small(root)
+    return root

@@ -7,9 +7,9 @@ import shutil
 import pytest
 from dp_builders import LoopbackServer, closed_port_url, write_deb, write_gz, write_tgz
 
-from data_prep import archives, fetch
-from data_prep.files import open_lines
-from data_prep.progress import Reporter
+from data_prep.steps import archives, fetch
+from data_prep.steps.files import open_lines
+from data_prep.steps.progress import Reporter
 from smx.errors import UserError
 
 QUIET = Reporter(False)

@@ -11,29 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-from dp_helpers import fairseq_counts, stable_manifest, tree
+from dp_helpers import MERGES, NAME, OPTIONS, fairseq_counts, prepare_small as _prepare, reference, tree  # noqa: F401
 
 import data_prep
-from data_prep import binarize, bpe
-from data_prep.indexed import count_sentences
-
-NAME = "synthetic-mt"
-OPTIONS = {"train": 300, "valid": 40, "test": 30, "domains": 3, "words": 20}
-MERGES = 30
-
-
-def _prepare(root: Path, **kw) -> Path:
-    return data_prep.prepare(NAME, root=root, bpe_merges=MERGES, progress=False, options=OPTIONS, **kw)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """One uninterrupted prep shared by the tests of this module."""
-    root = tmp_path_factory.mktemp("reference")
-    _prepare(root)
-    return root
-
+from data_prep.steps import binarize, bpe
+from data_prep.steps.indexed import count_sentences
 
 def test_binarized_output_loads_with_fairseq(reference):
     assert data_prep.is_prepared(NAME, reference)
@@ -65,34 +47,11 @@ def test_rerun_of_finished_prep_does_no_work(reference, monkeypatch):
     assert after == before  # not even the manifest was rewritten
 
 
-@pytest.mark.slow
-def test_injected_exception_then_rerun_is_byte_identical(reference, tmp_path, monkeypatch):
-    real_apply = bpe.apply
-
-    def failing_apply(codes, sha, inputs, output, *a, **k):
-        if output.name.startswith("valid.tgt"):
-            output.write_text("half a file\n")
-            raise RuntimeError("injected failure")
-        return real_apply(codes, sha, inputs, output, *a, **k)
-
-    monkeypatch.setattr(bpe, "apply", failing_apply)
-    with pytest.raises(RuntimeError, match="injected"):
-        _prepare(tmp_path)
-    assert not data_prep.is_prepared(NAME, tmp_path)
-    man = data_prep.manifest(NAME, tmp_path)
-    assert man["complete"] is False and "apply bpe valid.tgt" not in man["steps"] and "binarize" not in man["steps"]
-    assert not (tmp_path / NAME / "bpe" / "valid.tgt").exists() and not (tmp_path / NAME / "bin").exists()
-    monkeypatch.setattr(bpe, "apply", real_apply)
-    _prepare(tmp_path)
-    assert tree(tmp_path / NAME) == tree(reference / NAME)
-    assert stable_manifest(data_prep.manifest(NAME, tmp_path)) == stable_manifest(data_prep.manifest(NAME, reference))
-
-
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     import data_prep
-    from data_prep import binarize, bpe
+    from data_prep.steps import binarize, bpe
 
     where = sys.argv[2]
     real_apply = bpe.apply
@@ -136,20 +95,6 @@ def test_sigkill_midway_is_never_complete_and_rerun_is_byte_identical(reference,
     assert data_prep.is_prepared(NAME, tmp_path)
     assert tree(d) == tree(reference / NAME)
     assert not any(p.name.endswith(".partial") for p in d.rglob("*"))
-
-
-@pytest.mark.slow
-def test_changed_bpe_merges_redoes_only_downstream_steps(reference, tmp_path):
-    import shutil
-
-    shutil.copytree(reference / NAME, tmp_path / NAME)
-    data_prep.prepare(NAME, root=tmp_path, bpe_merges=0, progress=False, options=OPTIONS)
-    man = data_prep.manifest(NAME, tmp_path)
-    assert "learn bpe" not in man["steps"] and not (tmp_path / NAME / "bpe" / "codes").exists()
-    assert (tmp_path / NAME / "bpe" / "train.src").read_bytes() == (tmp_path / NAME / "tok" / "train.src").read_bytes()
-    ref = data_prep.manifest(NAME, reference)
-    assert man["steps"]["generate"]["finished"] == ref["steps"]["generate"]["finished"]  # not redone
-    assert man["summary"]["bpe_merges"] == 0 and man["complete"] is True
 
 
 def test_is_prepared_false_for_missing_or_damaged_bin(reference, tmp_path):

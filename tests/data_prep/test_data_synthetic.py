@@ -8,10 +8,10 @@ import pytest
 from rich.console import Console
 
 import data_prep
-from data_prep import synthetic_lm, synthetic_mt
-from data_prep.files import write_lines
-from data_prep.progress import Reporter
-from data_prep.text import TextSettings, tokenize_files
+from data_prep.datasets import synthetic_lm, synthetic_mt
+from data_prep.steps.files import write_lines
+from data_prep.steps.progress import Reporter
+from data_prep.steps.text import TextSettings, tokenize_files
 from smx.errors import UserError
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from data_prep import bpe
-from data_prep.files import open_lines, write_lines
-from data_prep.progress import Reporter
-from data_prep.text import CleanSettings, TextSettings, clean_files, process_line, tokenize_files
+from data_prep.steps import bpe
+from data_prep.steps.files import open_lines, write_lines
+from data_prep.steps.progress import Reporter
+from data_prep.steps.text import CleanSettings, TextSettings, clean_files, process_line, tokenize_files
 from smx.errors import UserError
 
 QUIET = Reporter(False)
@@ -59,7 +59,7 @@ def test_clean_files_counts_and_mismatch(tmp_path):
 
 
 def test_tokenize_with_worker_pool_equals_serial(tmp_path, monkeypatch):
-    import data_prep.text as text
+    import data_prep.steps.text as text
 
     monkeypatch.setattr(text, "_CHUNK_LINES", 7)  # several chunks in flight with 2 workers
     src = tmp_path / "raw.en"

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: prepared synthetic data (shared with tests/train when both run), tree
+"""Fixtures of the reliability tests: prepared synthetic data (shared with tests/run when both run), tree
 snapshots, and helpers to run `smx` in-process or as a separate process (for kill -9 / SIGINT)."""
 
 from __future__ import annotations
