@@ -56,6 +56,7 @@ class Plan:
     device: str  # cpu | cuda
     notes: tuple[str, ...]
     checkpoint_sha256: str | None = None  # resume: the verified (or trusted) sha256 of checkpoint_last.pt
+    finished: str | None = None  # resume of a done run with the same budget: nothing to do (this message says so)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -84,7 +85,7 @@ def _overrides(req: TrainRequest) -> list[str]:
     return extra
 
 
-def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path]:
+def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path, str | None]:
     if req.run_dir is not None:
         raise UserError("--resume RUN already names the run directory; drop --run-dir")
     path = req.resume
@@ -105,7 +106,18 @@ def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path]:
             f"--resume {path}: cannot change {', '.join(changed)} of an existing run (only "
             f"{', '.join(RESUMABLE)} may change); start a new run instead"
         )
-    return recipe, path
+    if run.status() == "done":
+        old, new = _budget(saved), _budget(recipe)
+        if new == old:
+            return recipe, path, (f"--resume {path}: the run is done ({old}); nothing to resume (a larger "
+                                  "train.max_update or train.max_epoch extends it)")
+        notes.append(f"--resume {path}: the run is done ({old}); extending it to {new}")
+    return recipe, path, None
+
+
+def _budget(recipe: Recipe) -> str:
+    t = recipe.train
+    return ", ".join(f"train.{k}={getattr(t, k)}" for k in ("max_update", "max_epoch") if getattr(t, k))
 
 
 def check_data_dir(task: str, bin_dir: Path) -> None:
@@ -138,8 +150,9 @@ def check_data_dir(task: str, bin_dir: Path) -> None:
 def plan(req: TrainRequest) -> Plan:
     """Check every input; raises UserError; writes nothing."""
     notes: list[str] = []
+    finished = None
     if req.resume is not None:
-        recipe, path = _plan_resume(req, notes)
+        recipe, path, finished = _plan_resume(req, notes)
         orig = None
     else:
         if req.recipe_path is None:
@@ -158,7 +171,7 @@ def plan(req: TrainRequest) -> Plan:
     digest = None
     if req.resume is not None:  # last: hashing a large checkpoint takes a moment
         digest = rundir.verify_checkpoint(rundir.RunDir(path).last_checkpoint, req.trust_checkpoint, notes.append)
-    return Plan(recipe, path, req.resume is not None, orig, device, tuple(notes), digest)
+    return Plan(recipe, path, req.resume is not None, orig, device, tuple(notes), digest, finished)
 
 
 def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = True, prepare: bool = True) -> Path:
@@ -200,6 +213,9 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
     p = plan(req)
     for note in p.notes:
         warn(note)
+    if p.finished is not None:  # a done run resumed with the same budget: a no-op, nothing written
+        console.print(p.finished, highlight=False, markup=False, soft_wrap=True)
+        return "done"
     data = data_dir(p.recipe, console, progress=req.progress, prepare=req.dist.node_rank == 0)
     if req.dist.node_rank > 0:  # a worker node: the node-rank-0 launcher owns the run directory
         return session.train_worker(p.recipe, p.run_path, data, resume=p.resume, device=p.device, dist=req.dist)

@@ -175,3 +175,27 @@ def test_procfs_sees_a_child_its_state_and_its_start_time():
         child.wait()
     assert child.pid not in procfs.children(os.getpid())
     assert procfs.state(child.pid) is None and procfs.process_start(child.pid) is None
+
+
+def test_resume_of_a_done_run_is_a_no_op_with_one_line(tmp_path: Path, data_root: Path, capsys):
+    """--resume on a finished run trains nothing and writes nothing (before: one more update each time)."""
+    from rel_helpers import TINY, fake_run, tree_state
+    from smx.cli import run as cli
+
+    path = fake_run(tmp_path / "r", TINY, [f"data.root={data_root}"])
+    before = tree_state(tmp_path)
+    assert cli(["train", "--resume", str(path), "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"--resume {path}: the run is done (train.max_update=60); nothing to resume (a larger "
+                   "train.max_update or train.max_epoch extends it)"]
+    assert tree_state(tmp_path) == before
+
+
+def test_resume_of_a_done_run_with_a_larger_budget_says_it_extends(tmp_path: Path, data_root: Path):
+    from rel_helpers import TINY, fake_run
+    from smx.run import train as training
+
+    path = fake_run(tmp_path / "r", TINY, [f"data.root={data_root}"])
+    plan = training.plan(training.TrainRequest(resume=path, overrides=("train.max_update=90",), trust_checkpoint=True))
+    assert plan.finished is None
+    assert f"--resume {path}: the run is done (train.max_update=60); extending it to train.max_update=90" in plan.notes
