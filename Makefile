@@ -6,13 +6,21 @@ PY := $(VENV)/bin/python
 SMX := $(VENV)/bin/smx
 STAMP := $(VENV)/.smx-installed
 RECIPE ?= recipes/ding_switch.yaml
-ESTIMATORS ?= sparsemixer,straight_through,sparsemixer_v2,topk
+# Every estimator that takes the recipe's k under the controlled protocol; topk and sparsemixer (top-1 recipes) also
+# under the reference protocol, as a second, smaller table. The language-model recipes route top-2.
+ifneq (,$(findstring _lm,$(RECIPE)))
+ESTIMATORS ?= topk,sparsemixer_v2,straight_through,default_moe,densemixer
+REF_ESTIMATORS ?=
+else
+ESTIMATORS ?= topk,sparsemixer,sparsemixer_v2,straight_through,default_moe,densemixer
+REF_ESTIMATORS ?= topk,sparsemixer
+endif
 SEEDS ?= 1,2,3
 JOBS ?= 2
 STUDY ?= studies/$(basename $(notdir $(RECIPE)))
 DEMO_DIR ?= demo/ding_switch
 
-.PHONY: venv test test-fast demo bench gradients reproduce clean-venv
+.PHONY: venv test test-fast demo bench gradients reproduce publish clean-venv
 
 # Evaluate every finished run of a study: BLEU for translation runs, perplexity for LM runs.
 define eval_study
@@ -50,17 +58,42 @@ demo: $(STAMP)
 	$(call eval_study,$(DEMO_DIR))
 	$(SMX) compare $(DEMO_DIR) --baseline topk --out $(DEMO_DIR)/compare
 
-# The whole head-to-head study: RECIPE=recipes/multi30k_switch.yaml (a real CPU benchmark) or
-# RECIPE=recipes/wmt14_switch.yaml JOBS=1 (GPU) select another study.
+# The whole head-to-head study: RECIPE=recipes/shakespeare_lm.yaml (language modeling, top-2),
+# RECIPE=recipes/multi30k_switch.yaml or RECIPE=recipes/wmt14_switch.yaml JOBS=1 (GPU) select another study.
+# Controlled protocol (only the estimator differs) for ESTIMATORS; REF_ESTIMATORS again under the reference protocol
+# (each arm as its authors trained it) in STUDY-reference, reported as a second table.
+REF_STUDY := $(STUDY)-reference
+REPORT_COMMANDS = --command "make reproduce RECIPE=$(RECIPE) ESTIMATORS=$(ESTIMATORS) REF_ESTIMATORS=$(REF_ESTIMATORS) SEEDS=$(SEEDS) JOBS=$(JOBS)" \
+  --command "smx sweep $(RECIPE) --estimators $(ESTIMATORS) --seeds $(SEEDS) --study-dir $(STUDY) --jobs $(JOBS) --set router.protocol=controlled" \
+  $(if $(REF_ESTIMATORS),--command "smx sweep $(RECIPE) --estimators $(REF_ESTIMATORS) --seeds $(SEEDS) --study-dir $(REF_STUDY) --jobs $(JOBS) --set router.protocol=reference") \
+  --command "smx eval bleu|ppl <each done run>" \
+  --command "smx compare $(STUDY) --baseline topk --out $(STUDY)/compare"
 reproduce: $(STAMP)
-	$(SMX) sweep $(RECIPE) --estimators $(ESTIMATORS) --seeds $(SEEDS) --study-dir $(STUDY) --jobs $(JOBS)
+	$(SMX) sweep $(RECIPE) --estimators $(ESTIMATORS) --seeds $(SEEDS) --study-dir $(STUDY) --jobs $(JOBS) \
+	  --set router.protocol=controlled
 	$(call eval_study,$(STUDY))
 	$(SMX) compare $(STUDY) --baseline topk --out $(STUDY)/compare
-	$(SMX) report $(STUDY) --compare-dir $(STUDY)/compare \
-	  --command "make reproduce RECIPE=$(RECIPE) ESTIMATORS=$(ESTIMATORS) SEEDS=$(SEEDS) JOBS=$(JOBS)" \
-	  --command "smx sweep $(RECIPE) --estimators $(ESTIMATORS) --seeds $(SEEDS) --study-dir $(STUDY) --jobs $(JOBS)" \
-	  --command "smx eval bleu|ppl <each run in $(STUDY)>" \
-	  --command "smx compare $(STUDY) --baseline topk --out $(STUDY)/compare"
+ifneq (,$(REF_ESTIMATORS))
+	$(SMX) sweep $(RECIPE) --estimators $(REF_ESTIMATORS) --seeds $(SEEDS) --study-dir $(REF_STUDY) --jobs $(JOBS) \
+	  --set router.protocol=reference
+	$(call eval_study,$(REF_STUDY))
+	$(SMX) compare $(REF_STUDY) --baseline topk --out $(REF_STUDY)/compare
+endif
+	$(SMX) report $(STUDY) --compare-dir $(STUDY)/compare $(if $(REF_ESTIMATORS),--secondary $(REF_STUDY)/compare) \
+	  $(REPORT_COMMANDS)
+
+# The study's small files (per run: recipe.yaml, meta.json, metrics.jsonl, eval/*.json) under results/, with its
+# comparison and report regenerated there from them alone: what is committed as "what smx found".
+RESULTS ?= results/$(basename $(notdir $(RECIPE)))
+publish: $(STAMP)
+	$(SMX) export $(STUDY) --to $(RESULTS)
+	$(SMX) compare $(RESULTS) --baseline topk --out $(RESULTS)
+ifneq (,$(REF_ESTIMATORS))
+	$(SMX) export $(REF_STUDY) --to $(RESULTS)-reference
+	$(SMX) compare $(RESULTS)-reference --baseline topk --out $(RESULTS)-reference
+endif
+	$(SMX) report $(RESULTS) --compare-dir $(RESULTS) $(if $(REF_ESTIMATORS),--secondary $(RESULTS)-reference) \
+	  $(REPORT_COMMANDS) --command "make publish RECIPE=$(RECIPE) RESULTS=$(RESULTS)"
 
 # Benchmarks (medians and ratios, both sides in one process; JSON under bench/results/).
 bench: $(STAMP)

@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from smx.cli import compare, data, diagnose, evaluate, recipe, report, sweep, train
+from smx.cli import compare, data, diagnose, evaluate, export, recipe, report, sweep, train
 from smx.errors import UserError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (data, recipe, diagnose, evaluate, train, compare, sweep, report):
+for command in (data, recipe, diagnose, evaluate, train, compare, sweep, report, export):
     command.register(app)  # each cli module adds its command (or command group) and nothing else
 
 

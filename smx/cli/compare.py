@@ -56,6 +56,10 @@ def compare(
         console.print(f"note: {n}", markup=False)
     for p in write_outputs(c, out):
         console.print(f"wrote {p}", markup=False)
+    if c.flattening_line():
+        console.print(c.flattening_line(), markup=False)
+    for v in c.verdict_lines():
+        console.print(f"Verdict: {v}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

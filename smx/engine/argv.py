@@ -86,12 +86,16 @@ def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resu
           "--lr", _num(o.lr), "--lr-scheduler", o.scheduler, "--warmup-updates", str(o.warmup_updates)]
     if o.scheduler == "inverse_sqrt":
         a += ["--warmup-init-lr", _num(o.warmup_init_lr)]
+    elif o.scheduler == "polynomial_decay":  # power 1: linear; fairseq's total_num_update is max_update
+        a += ["--end-learning-rate", _num(o.end_lr), "--power", "1.0", "--total-num-update", str(t.max_update)]
 
     a += ["--max-tokens", str(t.max_tokens)]
     if t.batch_size is not None:
         a += ["--batch-size", str(t.batch_size)]
     a += ["--update-freq", str(t.update_freq), "--max-update", str(t.max_update), "--max-epoch", str(t.max_epoch),
           "--num-workers", str(t.num_workers), "--skip-invalid-size-inputs-valid-test", "--seed", str(recipe.seed)]
+    if t.max_wall_minutes:  # fairseq counts training time across resumes; at the limit it validates, saves, stops
+        a += ["--stop-time-hours", _num(t.max_wall_minutes / 60.0)]
 
     ckpt = run_dir / "checkpoints"
     a += ["--save-dir", str(ckpt), "--no-epoch-checkpoints", "--keep-interval-updates", str(t.keep_last),

@@ -90,6 +90,9 @@ def cross_problems(name: Any, task: Any, seed: Any, sections: dict[str, Any]) ->
             bad = [i for i in getattr(moe, key) if count is not None and i >= count]
             if bad:
                 p.append(f"moe.{key}: layer {bad[0]} does not exist ({where}; indices start at 0)")
+    optim, train = sections.get("optim"), sections.get("train")
+    if optim is not None and train is not None and optim.scheduler == "polynomial_decay" and not train.max_update:
+        p.append("optim.scheduler: polynomial_decay decays to optim.end_lr at train.max_update; set train.max_update")
     if sections.get("data") is not None:
         p.extend(_dataset_problems(task, sections["data"]))
     if sections.get("router") is not None:

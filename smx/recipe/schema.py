@@ -153,9 +153,12 @@ class OptimConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float = 0.0  # 0 = no clipping
-    scheduler: Literal["inverse_sqrt", "fixed"] = "inverse_sqrt"
+    # inverse_sqrt: linear warm-up, then lr * sqrt(warmup / update); polynomial_decay: linear warm-up from 0, then
+    # linear decay to end_lr at train.max_update (fairseq's total_num_update); fixed: constant lr.
+    scheduler: Literal["inverse_sqrt", "polynomial_decay", "fixed"] = "inverse_sqrt"
     warmup_updates: int = 4000
     warmup_init_lr: float = 1e-7  # inverse_sqrt only
+    end_lr: float = 0.0  # polynomial_decay only: the lr reached at train.max_update
 
     def __post_init__(self) -> None:
         p: list[tuple[str, str]] = []
@@ -167,6 +170,9 @@ class OptimConfig:
         _positive(p, "clip_norm", self.clip_norm, allow_zero=True)
         _positive(p, "warmup_updates", self.warmup_updates, allow_zero=True)
         _positive(p, "warmup_init_lr", self.warmup_init_lr, allow_zero=True)
+        _positive(p, "end_lr", self.end_lr, allow_zero=True)
+        if self.end_lr > self.lr:
+            p.append(("end_lr", f"{self.end_lr} > optim.lr={self.lr}"))
         if self.scheduler == "inverse_sqrt" and self.lr > 0 and self.warmup_init_lr > self.lr:
             p.append(("warmup_init_lr", f"{self.warmup_init_lr} > optim.lr={self.lr}"))
         _raise(p)
@@ -179,6 +185,7 @@ class TrainConfig:
     update_freq: int = 1  # batches accumulated per update (tokens/update = max_tokens * update_freq * processes)
     max_update: int = 0  # 0 = no limit (then max_epoch must be set)
     max_epoch: int = 0  # 0 = no limit
+    max_wall_minutes: float = 0.0  # training wall-clock budget (fairseq --stop-time-hours); 0 = no limit
     label_smoothing: float = 0.1  # translation only
     log_interval: int = 100
     validate_interval: int = 1  # epochs
@@ -204,8 +211,10 @@ class TrainConfig:
         _positive(p, "update_freq", self.update_freq)
         _positive(p, "max_update", self.max_update, allow_zero=True)
         _positive(p, "max_epoch", self.max_epoch, allow_zero=True)
-        if self.max_update == 0 and self.max_epoch == 0:
-            p.append(("max_update", "set train.max_update or train.max_epoch (both 0: the run would never stop)"))
+        _positive(p, "max_wall_minutes", self.max_wall_minutes, allow_zero=True)
+        if self.max_update == 0 and self.max_epoch == 0 and not self.max_wall_minutes:
+            p.append(("max_update", "set train.max_update, train.max_epoch or train.max_wall_minutes "
+                                    "(all 0: the run would never stop)"))
         _fraction(p, "label_smoothing", self.label_smoothing)
         _positive(p, "log_interval", self.log_interval)
         _positive(p, "validate_interval", self.validate_interval)

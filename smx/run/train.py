@@ -110,14 +110,15 @@ def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path, str
         old, new = _budget(saved), _budget(recipe)
         if new == old:
             return recipe, path, (f"--resume {path}: the run is done ({old}); nothing to resume (a larger "
-                                  "train.max_update or train.max_epoch extends it)")
+                                  "train.max_update, max_epoch or max_wall_minutes extends it)")
         notes.append(f"--resume {path}: the run is done ({old}); extending it to {new}")
     return recipe, path, None
 
 
 def _budget(recipe: Recipe) -> str:
     t = recipe.train
-    return ", ".join(f"train.{k}={getattr(t, k)}" for k in ("max_update", "max_epoch") if getattr(t, k))
+    return ", ".join(f"train.{k}={getattr(t, k)}" for k in ("max_update", "max_epoch", "max_wall_minutes")
+                     if getattr(t, k))
 
 
 def check_data_dir(task: str, bin_dir: Path) -> None:

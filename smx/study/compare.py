@@ -25,7 +25,9 @@ import yaml
 from smx.run import metrics
 from smx.errors import UserError
 from smx.run.paths import RunDir
-from smx.study.stats import BOOT_SEED, LEVEL, N_BOOT, Interval, bootstrap_ratio_ci, mean_ci, mean_curve, steps_to_target
+from smx.study.stats import (BOOT_SEED, LEVEL, N_BOOT, Interval, bootstrap_ratio_ci, last_quarter_gain, mean_ci,
+                             mean_curve, steps_to_target)
+from smx.study.verdict import Contrast, contrasts, primary, verdict_line
 
 _METRIC = re.compile(r"^(train|valid)_(\w+)$")
 
@@ -203,6 +205,19 @@ class GroupSummary:
     wall: Interval | None
     curve: tuple  # (updates, mean, min, max) lists
     load: dict
+    per_seed: dict = field(default_factory=dict, repr=False)  # quantity -> {seed: value} (smx.study.verdict)
+    contrasts: tuple[Contrast, ...] = ()  # arm - baseline per quantity (empty for the baseline itself)
+
+    @property
+    def verdict(self) -> str | None:
+        """The verdict of the primary contrast (BLEU, else test ppl, else best valid); None for the baseline."""
+        c = primary(self.contrasts)
+        return c.verdict if c is not None else None
+
+    @property
+    def last_quarter(self) -> float | None:
+        """Relative improvement of the mean curve over its last quarter of updates (small: it is flattening)."""
+        return last_quarter_gain(list(zip(self.curve[0], self.curve[1])))
 
     @property
     def reached(self) -> int:
@@ -217,7 +232,10 @@ class GroupSummary:
                 "reached": self.reached, "speedup": self.speedup, "speedup_ci": [self.speedup_lo, self.speedup_hi],
                 "speedup_note": self.speedup_note, "tokens_per_s": iv(self.wps), "wall_s": iv(self.wall),
                 "curve": {"updates": self.curve[0], "mean": self.curve[1], "min": self.curve[2], "max": self.curve[3]},
-                "expert_load": self.load}
+                "expert_load": self.load, "per_seed": {q: {str(k): v for k, v in d.items()}
+                                                       for q, d in self.per_seed.items()},
+                "vs_baseline": [c.to_dict() for c in self.contrasts], "verdict": self.verdict,
+                "last_quarter_gain": self.last_quarter}
 
 
 @dataclass(frozen=True)
@@ -232,8 +250,23 @@ class Comparison:
     protocol: str = "controlled"
     differences: dict = field(default_factory=dict)  # setting_differences(): what differs between the arms
 
+    def verdict_lines(self) -> list[str]:
+        """One plain-language line per arm against the baseline (none without a baseline)."""
+        if self.baseline is None:
+            return []
+        arms = [g.estimator for g in self.groups]
+        cmd = f"`smx sweep RECIPE --estimators {','.join(arms)} --seeds 1,2,3` (or `make reproduce`)"
+        return [verdict_line(g.estimator, self.baseline, g.contrasts, self.protocol, cmd)
+                for g in self.groups if g.estimator != self.baseline]
+
+    def flattening_line(self) -> str:
+        """How much each mean curve still improved over its last quarter of updates."""
+        parts = [f"{g.estimator} {100 * g.last_quarter:.1f}%" for g in self.groups if g.last_quarter is not None]
+        return (f"Last quarter of training: relative {self.metric} improvement of the mean curve from 3/4 of the "
+                "updates to the end: " + ", ".join(parts) + ".") if parts else ""
+
     def to_dict(self) -> dict:
-        return {"protocol": self.protocol, "differences": self.differences,
+        return {"protocol": self.protocol, "differences": self.differences, "verdicts": self.verdict_lines(),
                 "metric": self.metric, "target": self.target, "target_source": self.target_source,
                 "baseline": self.baseline, "interpolate": self.interpolate, "level": LEVEL,
                 "method": {"interval": "Student-t over seeds (ddof=1)",
@@ -252,6 +285,30 @@ def _mean_load(runs) -> dict[str, float]:
     loads = [r.moe_load() for r in runs]
     keys = sorted({k for d in loads for k in d})
     return {k: sum(d[k] for d in loads if k in d) / sum(k in d for d in loads) for k in keys}
+
+
+def _seed_key(r: RunData) -> int | str:
+    return r.seed if r.seed is not None else r.name  # no seed: the run pairs with nothing
+
+
+def per_seed_values(rs: list[RunData], curves: dict, steps: dict) -> dict[str, dict]:
+    """quantity -> {seed: value} for one arm's runs (smx.study.verdict.QUANTITIES; missing values left out)."""
+    get = {
+        "bleu_tok": lambda r: (r.bleu or {}).get("bleu_tok"),
+        "sacrebleu": lambda r: (r.bleu or {}).get("sacrebleu"),
+        "ppl": lambda r: (r.ppl or {}).get("ppl"),
+        "best": lambda r: min(v for _, v in curves[r.path]) if curves[r.path] else None,
+        "final": lambda r: curves[r.path][-1][1] if curves[r.path] else None,
+        "updates_to_target": lambda r: steps[r.path],
+        "tokens_per_s": RunData.wps,
+        "wall_s": RunData.wall,
+    }
+    out = {}
+    for q, f in get.items():
+        vals = {_seed_key(r): float(v) for r in rs if isinstance(v := f(r), (int, float))}
+        if vals:
+            out[q] = vals
+    return out
 
 
 def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | None = "topk",
@@ -289,6 +346,7 @@ def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | N
         rs = by_est[est]
         cs = [curves[r.path] for r in rs]
         st = tuple(steps[r.path] for r in rs)
+        ps = per_seed_values(rs, curves, steps)  # the baseline comes first: groups[0] when there is one
         speedup = lo = hi = None
         note = ""
         if target is not None and baseline is not None:
@@ -310,7 +368,8 @@ def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | N
             steps=st, steps_ci=mean_ci([s for s in st if s is not None]),
             speedup=speedup, speedup_lo=lo, speedup_hi=hi, speedup_note=note,
             wps=_field_ci(rs, RunData.wps), wall=_field_ci(rs, RunData.wall),
-            curve=mean_curve(cs), load=_mean_load(rs)))
+            curve=mean_curve(cs), load=_mean_load(rs), per_seed=ps,
+            contrasts=contrasts(ps, groups[0].per_seed) if baseline is not None and est != baseline else ()))
         if any(not c for c in cs):
             notes.append(f"{est}: {sum(not c for c in cs)} run(s) without {metric} records")
         dup = sorted({s for s in (r.seed for r in rs) if s is not None and [r.seed for r in rs].count(s) > 1})

@@ -11,6 +11,7 @@ from pathlib import Path
 from smx.study import plots
 from smx.study.compare import Comparison
 from smx.study.stats import BOOT_SEED, N_BOOT, Interval
+from smx.study.verdict import describe
 
 
 def fmt_interval(iv: Interval | None, digits: int = 3) -> str:
@@ -37,6 +38,7 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     headers += ["BLEU (tok)", "sacreBLEU"] if has_bleu else []
     headers += ["test ppl"] if has_ppl else []
     headers += ["updates to target (reached)", "speed-up [95% CI]", "tokens/s", "wall"]
+    headers += ["verdict"] if c.baseline is not None else []
     rows = []
     for g in g0:
         seeds = ",".join("?" if s is None else str(s) for s in g.seeds)
@@ -51,6 +53,8 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
         else:
             speed = f"{g.speedup:.2f}x [{g.speedup_lo:.2f}, {g.speedup_hi:.2f}]"
         row += [steps, speed, "-" if g.wps is None else f"{g.wps.mean:.0f}", _fmt_wall(g.wall)]
+        if c.baseline is not None:
+            row += ["baseline" if g.estimator == c.baseline else (g.verdict or "-")]
         rows.append(row)
     return headers, rows
 
@@ -71,9 +75,27 @@ def markdown(c: Comparison, images: list[str]) -> str:
               f"95% percentile bootstrap over seeds ({N_BOOT} resamples, fixed seed {BOOT_SEED}), only when every "
               "seed of both groups reached the target; tokens/s: mean train wps; wall: last logged wall time; all "
               "means over seeds. Exact intervals are in compare.json."]
+    lines += ["", c.flattening_line()] if c.flattening_line() else []
+    lines += contrast_lines(c)
     lines += [""] + [f"- {n}" for n in c.notes] if c.notes else []
     lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in images]
     return "\n".join(lines) + "\n"
+
+
+def contrast_lines(c: Comparison) -> list[str]:
+    """The verdicts in words and the table of every difference against the baseline, with intervals."""
+    arms = [g for g in c.groups if g.contrasts]
+    if c.baseline is None or not arms:
+        return []
+    lines = ["", f"## Against the baseline ({c.baseline})", ""] + [f"- {v}" for v in c.verdict_lines()]
+    lines += ["", "| estimator | quantity | arm - baseline [95% CI] | verdict |", "|---|---|---|---|"]
+    for g in arms:
+        lines += [f"| {g.estimator} | {x.label} | {describe(x)} | {x.verdict} |" for x in g.contrasts]
+    lines += ["", "Paired: per seed, arm minus baseline run of the same seed (same data order), Student-t interval "
+              "of the mean difference; unpaired (no two common seeds): Welch's interval. The verdict (table column) "
+              "is that of BLEU (tok), else test ppl, else best valid: better / worse when the interval excludes 0, "
+              "else indistinguishable at 95%."]
+    return lines
 
 
 def protocol_line(c: Comparison) -> str:

@@ -7,7 +7,9 @@ Reads only files: the run directories' meta.json / eval/bleu.json / eval/ppl.jso
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,15 +48,34 @@ def run_rows(study: Path) -> list[list[str]]:
     return rows
 
 
-def build(study: Path, compare_dir: Path, commands: list[str]) -> str:
+def _compare_body(compare_dir: Path, study: Path, relative_to: Path) -> str:
+    """compare.md without its title, its images addressed from `relative_to` (where report.md is written)."""
     compare_md = compare_dir / "compare.md"
     if not compare_md.is_file():
         raise UserError(f"{compare_md}: missing; run `smx compare {study} --out {compare_dir}` first")
     body = compare_md.read_text().split("\n", 1)[1].lstrip("\n")  # drop its "# smx compare" title
+    rel = os.path.relpath(compare_dir, relative_to)
+    if rel != ".":
+        body = re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({rel}/{m.group(1)})", body)
+    return body.replace("\n## ", "\n### ")
+
+
+def _study_of(compare_dir: Path) -> Path:
+    """The study a compare output belongs to: itself when it holds the runs (a committed study), else its parent."""
+    return compare_dir if any(compare_dir.glob("*/meta.json")) else compare_dir.parent
+
+
+def build(study: Path, compare_dir: Path, commands: list[str], secondary: tuple[Path, ...] = ()) -> str:
+    """report.md text; `secondary`: further `smx compare` outputs (another protocol, say), each its own section."""
+    body = _compare_body(compare_dir, study, compare_dir)
+    extra = [_compare_body(d, _study_of(d), compare_dir) for d in secondary]
     study_json = _read_json(study / "study.json")
     rows = run_rows(study)
     if not rows:
         raise UserError(f"{study}: no run directories (*/meta.json) in this study")
+    for d in secondary:
+        if _study_of(d).resolve() != study.resolve():
+            rows += run_rows(_study_of(d))
     versions = next((m.get("versions") for m in ((rd.read_meta() or {}) for rd in _runs(study))
                      if isinstance(m.get("versions"), dict)), {})
     lines = [f"# smx study report: {study_json.get('recipe_name', study.name)}", "",
@@ -63,8 +84,11 @@ def build(study: Path, compare_dir: Path, commands: list[str]) -> str:
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
              f"Recipe `{study_json.get('recipe', '?')}`, overrides {study_json.get('overrides', [])}, "
              f"estimators {study_json.get('estimators', '?')}, seeds {study_json.get('seeds', '?')}.", "",
-             "## Comparison", "", body.rstrip(), "",
-             "## Runs", "", "| run | estimator | seed | status | last update | score | git |",
+             "Commit: " + ", ".join(sorted({str((rd.read_meta() or {}).get("git_sha", "?")) for rd in _runs(study)}))
+             + ".", "", "## Comparison", "", body.rstrip(), ""]
+    for d, text in zip(secondary, extra):
+        lines += [f"## Second comparison ({d})", "", text.rstrip(), ""]
+    lines += ["## Runs", "", "| run | estimator | seed | status | last update | score | git |",
              "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "## Exact commands", "", "```"] + (commands or ["(not recorded)"]) + ["```", "",
@@ -73,10 +97,10 @@ def build(study: Path, compare_dir: Path, commands: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write(study: Path, compare_dir: Path, commands: list[str]) -> Path:
+def write(study: Path, compare_dir: Path, commands: list[str], secondary: tuple[Path, ...] = ()) -> Path:
     if not study.is_dir():
         raise UserError(f"{study}: no such study directory")
-    text = build(study, compare_dir, commands)
+    text = build(study, compare_dir, commands, secondary)
     out = compare_dir / "report.md"
     out.write_text(text)
     return out

@@ -4,7 +4,8 @@
   from scipy (a dependency anyway: fairseq imports scikit-learn, which needs it);
 - updates-to-target on a validation curve, optionally interpolated;
 - a percentile bootstrap interval of a ratio of means (each group resampled on its own, fixed seed);
-- the mean curve over seeds on the updates every seed validated.
+- the mean curve over seeds on the updates every seed validated;
+- the relative improvement of a curve over its last quarter of updates (is it flattening?).
 """
 
 from __future__ import annotations
@@ -94,3 +95,18 @@ def mean_curve(curves):
         common = sorted(set.union(*(set(s) for s in sets)))
     rows = [[s[k] for s in sets if k in s] for k in common]
     return common, [sum(r) / len(r) for r in rows], [min(r) for r in rows], [max(r) for r in rows]
+
+
+def last_quarter_gain(curve) -> float | None:
+    """(v(3/4) - v(end)) / v(3/4): relative improvement of a lower-is-better curve over its last quarter of updates.
+
+    v(3/4) is the last point at or before 3/4 of the final update; None with fewer than two points or none there.
+    """
+    points = [(float(s), float(v)) for s, v in curve]
+    if len(points) < 2:
+        return None
+    end_step, end = points[-1]
+    before = [v for s, v in points[:-1] if s <= 0.75 * end_step]
+    if not before or before[-1] == 0:
+        return None
+    return (before[-1] - end) / before[-1]

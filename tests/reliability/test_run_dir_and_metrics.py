@@ -187,7 +187,7 @@ def test_resume_of_a_done_run_is_a_no_op_with_one_line(tmp_path: Path, data_root
     assert cli(["train", "--resume", str(path), "--no-progress"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"--resume {path}: the run is done (train.max_update=60); nothing to resume (a larger "
-                   "train.max_update or train.max_epoch extends it)"]
+                   "train.max_update, max_epoch or max_wall_minutes extends it)"]
     assert tree_state(tmp_path) == before
 
 
