@@ -40,6 +40,10 @@ def train(
     master_port: Optional[int] = typer.Option(None, "--master-port", help="rendezvous port (default: a free one)"),
     device: Optional[Device] = typer.Option(None, "--device", help="overrides train.device", case_sensitive=False),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    stop_after_minutes: Optional[float] = typer.Option(
+        None, "--stop-after-minutes",
+        help="this invocation's wall budget: after N minutes save checkpoint_last.pt after the current update and "
+             "stop (status interrupted; --resume continues), e.g. before a scheduler's time limit"),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint",
         help="--resume even from a checkpoint whose sha256 is not the one recorded when smx saved it (checkpoints "
@@ -52,6 +56,7 @@ def train(
         recipe_path=recipe, overrides=tuple(set_), estimator=estimator, seed=seed, runs_root=runs_root,
         run_dir=run_dir, resume=resume, device=device.value if device else None, dist=dist,
         progress=not no_progress, argv=tuple(argv), trust_checkpoint=trust_checkpoint,
+        stop_after_minutes=stop_after_minutes,
     )
     status = run(req, console=Console(stderr=True, soft_wrap=True))
     code = EXIT[status]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 SUMS_NAME = "SHA256SUMS"
@@ -33,6 +34,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_SUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+
+
 def read_sums(directory: str | Path) -> dict[str, list[str]]:
     """{file name: [accepted sha256, ...]} from directory/SHA256SUMS ({} when there is none)."""
     try:
@@ -41,9 +45,9 @@ def read_sums(directory: str | Path) -> dict[str, list[str]]:
         return {}
     sums: dict[str, list[str]] = {}
     for line in text.splitlines():
-        digest, sep, name = line.partition("  ")
-        if sep and len(digest) == 64 and name:
-            sums.setdefault(name.lstrip("*"), []).append(digest.lower())
+        m = _SUM_LINE.match(line)  # `<hex>  name` (text mode) or `<hex> *name` (sha256sum -b)
+        if m:
+            sums.setdefault(m.group(2), []).append(m.group(1).lower())
     return sums
 
 

@@ -13,6 +13,7 @@ right before loading; a mismatch or a missing record is refused unless trust_che
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -152,9 +153,13 @@ def _options(recipe, subset, max_tokens) -> tuple[str, int]:
 
 
 def _write_result(eval_dir: Path, kind: str, result: dict) -> Path:
-    """eval/<kind>.json (the latest result) and eval/<kind>.<subset>.<checkpoint>.json (kept per setting)."""
+    """eval/<kind>.json (the latest result) and one file kept per setting: eval/<kind>.<subset>.<checkpoint>.json,
+    with .beam<B>.lenpen<L> before .json for BLEU (so `--beam 1` does not overwrite the beam-4 result)."""
     text = json.dumps(result, indent=2) + "\n"
-    (eval_dir / f"{kind}.{result['subset']}.{result['checkpoint'].replace(':', '')}.json").write_text(text)
+    parts = [kind, result["subset"], result["checkpoint"].replace(":", "")]
+    if "beam" in result:
+        parts += [f"beam{result['beam']}", f"lenpen{result['lenpen']}"]
+    (eval_dir / (".".join(parts) + ".json")).write_text(text)
     (eval_dir / f"{kind}.json").write_text(text)
     return eval_dir / f"{kind}.json"
 
@@ -180,6 +185,8 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     lenpen = recipe.eval.lenpen if lenpen is None else lenpen
     if beam < 1:
         raise UserError(f"--beam {beam}: must be >= 1")
+    if not math.isfinite(lenpen):
+        raise UserError(f"--lenpen {lenpen}: must be a finite number")
     ckpts = checkpoint_files(run, checkpoint)
     digests = verify_checkpoints(ckpts, trust_checkpoint)
     bin_dir = bin_dir_of(recipe, run)

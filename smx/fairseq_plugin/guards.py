@@ -14,11 +14,12 @@ and a graceful stop on SIGINT. Installed once per engine process by smx.fairseq_
   crash.pt of the broken model) before any backward or optimizer step. fairseq's own FloatingPointError (non-finite
   gradients, "Minimum loss scale reached") is reported the same way with the update it happened in.
   $SMX_TEST_NONFINITE_AT=N (tests only) makes the training loss of update N NaN.
-- SIGINT (when $SMX_GRACEFUL_STOP=1, set by `smx train`): the first one only sets a flag; after the current update
-  the trainer's stop_time_hours is set so that fairseq's own loop saves checkpoint_last.pt (validation skipped) and
-  stops cleanly. With several processes (torchrun) the flags are combined after every update (an all-reduce of one
-  number), so every rank stops after the same update even when the signal reached only some of them. A second
-  SIGINT interrupts at once.
+- SIGINT, SIGTERM, SIGHUP (when $SMX_GRACEFUL_STOP=1, set by `smx train`): the first one only sets a flag; after
+  the current update the trainer's stop_time_hours is set so that fairseq's own loop saves checkpoint_last.pt
+  (validation skipped) and stops cleanly. With several processes (torchrun) the flags are combined after every
+  update (an all-reduce of one number), so every rank stops after the same update even when the signal reached only
+  some of them. Signals within SAME_REQUEST_S of the first are the same request (a scheduler signals every process
+  of the job, and smx forwards the one it got); a later one interrupts at once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -124,24 +126,33 @@ def _install_verification() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- trainer hooks
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SAME_REQUEST_S = 2.0
+
+
 class _Stop:
-    """SIGINT flag of this engine process."""
+    """Stop-request flag of this engine process (the first of SIGINT / SIGTERM / SIGHUP names it)."""
 
     def __init__(self) -> None:
         self.requested = False
         self.applied = False
+        self.signal_name = ""
+        self.first_at = 0.0
 
     def handler(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+        now = time.monotonic()
+        if not self.requested:
+            self.requested, self.first_at, self.signal_name = True, now, signal.Signals(signum).name
+        elif now - self.first_at > SAME_REQUEST_S:  # a second, separate request: interrupt at once
+            raise KeyboardInterrupt
 
 
 def _apply_stop(trainer, stop: _Stop) -> None:
     from omegaconf import open_dict
 
     stop.applied = True
-    logger.info("smx: SIGINT received: saving checkpoint_last.pt after update %d and stopping",
-                trainer.get_num_updates())
+    logger.info("smx: %s received: saving checkpoint_last.pt after update %d and stopping",
+                stop.signal_name or "SIGINT", trainer.get_num_updates())
     with open_dict(trainer.cfg):
         trainer.cfg.optimization.stop_time_hours = 1e-12  # fairseq's own stop: save, then leave the loop
         trainer.cfg.dataset.disable_validation = True
@@ -197,6 +208,7 @@ def install(environ: dict[str, str] | None = None) -> None:
     stop = None
     if env.get(GRACEFUL_STOP_ENV) == "1" and threading.current_thread() is threading.main_thread():
         stop = _Stop()
-        signal.signal(signal.SIGINT, stop.handler)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, stop.handler)
     inject = env.get(NONFINITE_TEST_ENV, "")
     _install_trainer_hooks(stop, int(inject) if inject.strip().isdigit() else None)

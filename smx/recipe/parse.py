@@ -7,6 +7,7 @@ smx.recipe.recipes collects them all and raises one UserError.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -55,6 +56,39 @@ def _duplicates(node: yaml.Node, path: str, out: list[str]) -> None:
             _duplicates(item, f"{path}[{i}]", out)
 
 
+MAX_ALIASES = 32  # a recipe has no use for more; an aliased node holding another aliased node is refused
+
+
+def _children(n: yaml.Node) -> list[yaml.Node]:
+    if isinstance(n, yaml.MappingNode):
+        return [c for kv in n.value for c in kv]
+    return list(n.value) if isinstance(n, yaml.SequenceNode) else []
+
+
+def _alias_problem(node: yaml.Node) -> str | None:
+    """A problem when the document uses more than MAX_ALIASES aliases, or an aliased node that itself holds an
+    aliased node (the nesting behind an exponential "billion laughs" expansion). Each node is visited once."""
+    refs: dict[int, int] = {}
+    order: list[yaml.Node] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        refs[id(n)] = refs.get(id(n), 0) + 1
+        if refs[id(n)] == 1:
+            order.append(n)
+            stack.extend(_children(n))
+    aliases = sum(r - 1 for r in refs.values())
+    if aliases > MAX_ALIASES:
+        return f"YAML: {aliases} aliases (more than {MAX_ALIASES}): refused"
+    holds_shared: dict[int, bool] = {}
+    for n in reversed(order):  # children before parents (a node's first visit comes after its parent's)
+        holds_shared[id(n)] = any(refs[id(c)] > 1 or holds_shared.get(id(c), False) for c in _children(n))
+        if refs[id(n)] > 1 and holds_shared[id(n)]:
+            return (f"YAML: the aliased node at line {n.start_mark.line + 1} holds another alias; nested aliases "
+                    "are refused")
+    return None
+
+
 def parse_yaml(text: str) -> tuple[Any, list[str]]:
     """YAML text -> (python value, problems). Syntax errors and duplicate keys are problems, never exceptions."""
     try:
@@ -63,6 +97,9 @@ def parse_yaml(text: str) -> tuple[Any, list[str]]:
             node = loader.get_single_node()
             if node is None:
                 return None, []
+            bomb = _alias_problem(node)
+            if bomb:
+                return None, [bomb]
             problems: list[str] = []
             _duplicates(node, "", problems)
             return loader.construct_document(node), problems
@@ -156,7 +193,13 @@ def coerce(value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):  # 1e400 reads as inf; .nan passes every `x <= 0` check
+                raise ValueError(f"expected a finite number, got {_show(value if isinstance(value, float) else number)}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

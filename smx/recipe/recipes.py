@@ -82,6 +82,9 @@ def _check_override_path(path: list[str]) -> str | None:
         return None
     if len(path) in (3, 4) and path[:2] == ["router", "per_estimator"]:
         return None
+    if len(path) == 1 and path[0] in SECTIONS:  # `--set moe=3`: a whole section is not one value
+        keys = ", ".join(f"{path[0]}.{f.name}" for f in fields(SECTIONS[path[0]])[:3])
+        return f"--set {dotted}: {dotted} is a section, not a key; set one of its keys, e.g. {keys}, ..."
     return f"--set {dotted}: unknown key{hint(dotted, valid_keys())}"
 
 
@@ -165,6 +168,7 @@ def problems_of(text: str, overrides: Sequence[str] = (), *, estimator: str | No
         raw = {}
     if not isinstance(raw, dict):
         return None, [f"top level: expected a mapping (name, task, data, model, moe, ...), got {type(raw).__name__}"]
+    explicit_options: list[str] = []  # router.options keys set by --set: the --estimator may not drop them
     for item in overrides:
         try:
             path, value = split_override(item)
@@ -176,14 +180,17 @@ def problems_of(text: str, overrides: Sequence[str] = (), *, estimator: str | No
             p.append(problem)
         else:
             apply_override(raw, path, value)
+            if len(path) == 3 and path[:2] == ["router", "options"]:
+                explicit_options.append(path[2])
     if estimator is not None:
-        notes.extend(_switch_estimator(raw, estimator))
+        notes.extend(_switch_estimator(raw, estimator, explicit_options, p))
     recipe, more = _build(raw, notes)
     return (recipe if not p else None), p + more
 
 
-def _switch_estimator(raw: dict, name: str) -> list[str]:
-    """Set router.estimator=name, dropping the recipe's router.options that estimator does not take (noted)."""
+def _switch_estimator(raw: dict, name: str, explicit: Sequence[str] = (), problems: list[str] | None = None) -> list[str]:
+    """Set router.estimator=name, dropping the recipe's router.options that estimator does not take (noted); an
+    option given explicitly with --set that it does not take is a problem instead (an explicit request)."""
     router = raw.get("router")
     if router is None:
         router = raw["router"] = {}
@@ -194,7 +201,11 @@ def _switch_estimator(raw: dict, name: str) -> list[str]:
     if name not in estimators.names() or not isinstance(options, dict):
         return []
     valid = set(estimators.get(name).option_names())
-    dropped = [k for k in options if k not in valid]
+    for k in explicit:
+        if k not in valid and problems is not None:
+            problems.append(f"--set router.options.{k}: not an option of estimator {name!r} (--estimator); its "
+                            f"options: {', '.join(sorted(valid)) or 'none'}")
+    dropped = [k for k in options if k not in valid and k not in explicit]
     router["options"] = {k: v for k, v in options.items() if k in valid}
     return [f"router.options.{k}={options[k]!r} dropped: not an option of estimator {name!r}" for k in dropped]
 
@@ -213,12 +224,19 @@ def loads(text: str, overrides: Sequence[str] = (), source: str = "<recipe>", *,
     return recipe
 
 
+MAX_RECIPE_BYTES = 1 << 20  # 1 MiB: a recipe is a few KB
+
+
 def load(path: str | Path, overrides: Sequence[str] = (), *, estimator: str | None = None,
          notes: list[str] | None = None) -> Recipe:
     """Recipe from a YAML file plus `a.b=value` overrides; raises one UserError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # bounded: `smx recipe validate /dev/zero` must not read forever
+            data = f.read(MAX_RECIPE_BYTES + 1)
+        if len(data) > MAX_RECIPE_BYTES:
+            raise UserError(f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB; not a recipe")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: recipe file not found") from None
     except (OSError, UnicodeDecodeError) as e:

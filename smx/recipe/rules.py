@@ -68,9 +68,9 @@ def cross_problems(name: Any, task: Any, seed: Any, sections: dict[str, Any]) ->
     """Rules across keys and sections; checks only what is available (a section that failed is absent)."""
     p: list[str] = []
     if isinstance(name, str) and not _NAME_RE.match(name):
-        p.append(f"name: {name!r} must be letters, digits, '.', '_' or '-' (it names run directories)")
-    if isinstance(seed, int) and seed < 0:
-        p.append(f"seed: {seed} must be >= 0")
+        p.append(f"name: {name!r} must be ASCII letters, digits, '.', '_' or '-' (it names run directories)")
+    if isinstance(seed, int) and not 0 <= seed < 2 ** 32:
+        p.append(f"seed: {seed} must be in 0..{2 ** 32 - 1} (fairseq seeds numpy with it)")
     model, moe = sections.get("model"), sections.get("moe")
     if task in TASKS:
         for sec, key in _UNUSED_BY[task]:
@@ -90,7 +90,11 @@ def cross_problems(name: Any, task: Any, seed: Any, sections: dict[str, Any]) ->
             bad = [i for i in getattr(moe, key) if count is not None and i >= count]
             if bad:
                 p.append(f"moe.{key}: layer {bad[0]} does not exist ({where}; indices start at 0)")
-    optim, train = sections.get("optim"), sections.get("train")
+    optim, train, data = sections.get("optim"), sections.get("train"), sections.get("data")
+    if (task == "language_modeling" and train is not None and data is not None
+            and train.max_tokens < data.tokens_per_sample):
+        p.append(f"train.max_tokens: {train.max_tokens} < data.tokens_per_sample={data.tokens_per_sample}: every "
+                 "block would exceed the batch")
     if optim is not None and train is not None and optim.scheduler == "polynomial_decay" and not train.max_update:
         p.append("optim.scheduler: polynomial_decay decays to optim.end_lr at train.max_update; set train.max_update")
     if sections.get("data") is not None:

@@ -45,6 +45,9 @@ class DataConfig:
         p: list[tuple[str, str]] = []
         if not self.dataset:
             p.append(("dataset", "must not be empty"))
+        for key in ("root", "dir"):  # fairseq splits its data argument on ':' (shards)
+            if ":" in (getattr(self, key) or ""):
+                p.append((key, f"{getattr(self, key)!r} contains ':', which fairseq reads as a shard separator"))
         _positive(p, "tokens_per_sample", self.tokens_per_sample)
         _raise(p)
 
@@ -118,6 +121,9 @@ class MoESection:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 p.append((key, f"{value} must be > 0 (or null for dropless)"))
+            elif value is not None and self.num_experts >= 1 and value > self.num_experts:
+                # capacity = factor x tokens x k / experts: past num_experts no token can be dropped
+                p.append((key, f"{value} > moe.num_experts={self.num_experts} drops nothing; use null (dropless)"))
         _fraction(p, "input_jitter", self.input_jitter)
         _positive(p, "balance_weight", self.balance_weight, allow_zero=True)
         _positive(p, "zloss_weight", self.zloss_weight, allow_zero=True)

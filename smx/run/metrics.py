@@ -144,19 +144,29 @@ def dumps(entry: dict) -> str:
     return json.dumps(entry, separators=(",", ":"))
 
 
+def entries(path: str | Path) -> list[dict]:
+    """Every well-formed entry of a metrics.jsonl in file order: a JSON object with an integer `step` and a string
+    `split`. Anything else is skipped like a line a kill cut short: a truncated or non-JSON line, a wrong-typed one
+    (`"step": "x"`), bytes that are not UTF-8 (that line only)."""
+    out = []
+    for raw in Path(path).read_bytes().splitlines():
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if (isinstance(entry, dict) and isinstance(entry.get("step"), int) and not isinstance(entry["step"], bool)
+                and isinstance(entry.get("split"), str)):
+            out.append(entry)
+    return out
+
+
 def read(path: str | Path, split: str | None = None, epoch_end: bool = False) -> list[dict]:
     """metrics.jsonl -> entries in step order; `split` filters; epoch-end train averages only if epoch_end.
 
-    A truncated last line (a killed run) is skipped. When a resumed run repeated steps, the later entry wins.
+    Malformed lines are skipped (entries()). When a resumed run repeated steps, the later entry wins.
     """
     latest: dict[tuple, dict] = {}
-    for raw in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(entry, dict) or "step" not in entry or "split" not in entry:
-            continue
+    for entry in entries(path):
         if split is not None and entry["split"] != split:
             continue
         if entry.get("epoch_end") and not epoch_end:

@@ -11,10 +11,13 @@ Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
 - Checkpoint hashes are recorded by the engine when it saves (never by smx re-hashing whatever is on disk); smx only
   drops the lines of checkpoints the engine removed. A resume passes the hash smx verified to the engine, which
   checks it again right before unpickling.
-- SIGINT / SIGTERM: the first one asks the engine to save checkpoint_last.pt after the current update and stop: a
-  SIGINT to the engine process, or under torchrun to its workers only (the agent would kill them at once; the
-  workers agree on the update to stop after, smx.fairseq_plugin.guards); a second one sends SIGTERM to the whole
-  group, a third SIGKILL; meta.json then says interrupted.
+- SIGINT / SIGTERM / SIGHUP (Ctrl-C; a scheduler's preemption or time limit; a closed terminal): the first one asks
+  the engine to save checkpoint_last.pt after the current update and stop: the same signal to the engine process,
+  or under torchrun to its workers only (the agent would kill them at once; the workers agree on the update to stop
+  after, smx.fairseq_plugin.guards). The engine also stops gracefully when the signal reaches it directly (SLURM
+  and Kubernetes signal every process of the job; signals within a second or two count as one request). A second
+  request to smx kills the engine's process group (SIGKILL; checkpoints are written atomically). meta.json then
+  says interrupted, and `interrupted_by` names the signal.
 - A resume drops the metrics logged after the checkpoint it loads (they are logged again), recovers from train.log
   the ones up to it that smx had not yet written when it was killed, and continues the wall clock.
 - A non-finite loss (SMX_NONFINITE line) ends the run as failed, with meta.json "failure" naming the update and the
@@ -24,11 +27,11 @@ Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,8 @@ from smx.run.progress import TrainProgress
 class _State:
     proc: subprocess.Popen | None = None
     interrupts: int = 0
+    signal_name: str | None = None  # the first stop request (SIGINT, SIGTERM or SIGHUP)
+    first_at: float = 0.0  # monotonic time of the first request
     graceful: bool = False  # the engine saves and stops on SIGINT (not a --node-rank > 0 worker node)
     distributed: bool = False  # proc is the torchrun agent; its children are the engine processes
     nonfinite: dict | None = None
@@ -57,8 +62,19 @@ class _State:
     notes: list[str] = field(default_factory=list)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+SAME_REQUEST_S = 2.0  # signals this close to the first are the same request (as in the engine's guards)
+
+
 def _forward(state: _State, signum: int) -> None:
+    now_s = time.monotonic()
+    if state.interrupts and now_s - state.first_at <= SAME_REQUEST_S:
+        return  # e.g. the terminal's SIGINT and a sweep's forwarded one, or a scheduler's SIGTERM to every process
     state.interrupts += 1
+    if state.interrupts == 1:
+        state.first_at, state.signal_name = now_s, signal.Signals(signum).name
     if state.proc is None or state.proc.poll() is not None:
         return
     try:
@@ -67,12 +83,20 @@ def _forward(state: _State, signum: int) -> None:
             if targets:  # the engine processes only (not torchrun's agent, not the data-loader workers)
                 for pid in targets:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGINT)
+                        os.kill(pid, signum)
                 return
-        sig = signal.SIGINT if state.interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM
-        os.killpg(state.proc.pid, signal.SIGKILL if state.interrupts >= 3 else sig)
+        os.killpg(state.proc.pid, signal.SIGKILL if state.interrupts >= 2 else signum)
     except ProcessLookupError:
         pass
+
+
+def _catch_stop_signals(state: _State) -> dict:
+    """Route SIGINT / SIGTERM / SIGHUP to _forward (main thread only); returns the previous handlers."""
+    handlers = {}
+    if is_main_thread():
+        for sig in STOP_SIGNALS:
+            handlers[sig] = signal.signal(sig, lambda signum, frame: _forward(state, signum))
+    return handlers
 
 
 def _handle(line: str, run: RunDir, state: _State, session_start: int, clock: dict, bar: Any) -> None:
@@ -92,12 +116,13 @@ def _handle(line: str, run: RunDir, state: _State, session_start: int, clock: di
 
 def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: str,
           dist: Distributed = Distributed(), console: Any = None, progress: bool = True,
-          verified: dict[Path, str] | None = None) -> str:
+          verified: dict[Path, str] | None = None, stop_after_s: float | None = None) -> str:
     """Run the engine for `run` and return the final status: done | failed | interrupted (also in meta.json).
 
     The caller created/locked the run directory and wrote the snapshot (smx.run.paths); `verified` maps the checkpoint
     a resume loads to the sha256 the caller checked. Output goes to train.log, metrics to metrics.jsonl; the engine
-    records checkpoint hashes in checkpoints/SHA256SUMS.
+    records checkpoint hashes in checkpoints/SHA256SUMS. stop_after_s: after that many seconds the engine is asked
+    to stop as on SIGINT (meta.json interrupted_by names the budget).
     """
     argv = fairseq_argv(recipe, run.path, data_dir, resume=resume, device=device, world_size=dist.world_size)
     cmd = engine_command("fairseq_cli.train", argv, dist)
@@ -105,10 +130,12 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
     _remove_partial_checkpoints(run)
     extra = {**train_env_additions(recipe.train.cpu_threads, device), **verify_env(verified or {})}
     state = _State(graceful=True, distributed=dist.world_size > 1)
-    handlers = {}
-    if is_main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, lambda signum, frame: _forward(state, signum))
+    handlers = _catch_stop_signals(state)
+    timer = None
+
+    def budget_spent() -> None:
+        state.signal_name = state.signal_name or f"--stop-after-minutes {stop_after_s / 60:g}"
+        _forward(state, signal.SIGINT)
     clock = {"t0": time.monotonic(), "offset": 0.0}
     rc: int | None = None
     try:
@@ -121,6 +148,10 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
                 env=engine_environment(extra), start_new_session=True,
                 preexec_fn=die_with_parent(),
             )
+            if stop_after_s is not None:  # counted from the engine's start; a graceful stop as on SIGINT
+                timer = threading.Timer(stop_after_s, budget_spent)
+                timer.daemon = True
+                timer.start()
             for line in follow(run.log, session_start, state.proc):
                 _handle(line, run, state, session_start, clock, bar)
             rc = state.proc.wait()
@@ -133,6 +164,8 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
         update_meta(run, status="failed", end=now(), exit_code=None)
         raise
     finally:
+        if timer is not None:
+            timer.cancel()
         for sig, old in handlers.items():
             signal.signal(sig, old)
         if state.proc is not None and state.proc.poll() is None:
@@ -148,6 +181,8 @@ def _finish(run: RunDir, state: _State, rc: int | None) -> str:
     if state.nonfinite is not None and not state.interrupts:
         status = "failed"
         changes["failure"] = nonfinite_failure(state.nonfinite, state.saved, run)
+    if state.interrupts:
+        changes["interrupted_by"] = state.signal_name or "SIGINT"
     final = metrics.read(run.metrics) if run.metrics.is_file() else []
     summary = {k: v for k, v in (("train", metrics.last(final, "train")), ("valid", metrics.last(final, "valid"))) if v}
     update_meta(run, status=status, end=now(), exit_code=rc, **changes,
@@ -188,10 +223,7 @@ def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool
                             env=engine_environment(train_env_additions(recipe.train.cpu_threads, device)),
                             start_new_session=True, preexec_fn=die_with_parent())
     state = _State(proc=proc)
-    handlers = {}
-    if is_main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, lambda signum, frame: _forward(state, signum))
+    handlers = _catch_stop_signals(state)
     try:
         rc = proc.wait()
     finally:
@@ -211,15 +243,7 @@ def _remove_partial_checkpoints(run: RunDir) -> None:
 def _resume_metrics(run: RunDir, step: int, session_start: int) -> float:
     """Resuming from a checkpoint at `step`: keep the metrics up to it (recovering from the earlier sessions in
     train.log those smx had not written when it was killed), drop the later ones; return the wall clock reached."""
-    kept: list[dict] = []
-    if run.metrics.is_file():
-        for raw in run.metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(raw)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if isinstance(entry, dict) and "step" in entry and "split" in entry and entry["step"] <= step:
-                kept.append(entry)
+    kept = [e for e in metrics.entries(run.metrics) if e["step"] <= step] if run.metrics.is_file() else []
     with open(run.log, "rb") as f:
         earlier = f.read(session_start).decode("utf-8", errors="replace").splitlines()
     recovered = metrics.recover(kept, earlier, step)

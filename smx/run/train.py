@@ -12,6 +12,7 @@ if it is not (data_prep.prepare, the code behind `smx data prep`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +46,7 @@ class TrainRequest:
     progress: bool = True
     argv: tuple[str, ...] = ()
     trust_checkpoint: bool = False  # resume from a checkpoint whose sha256 is not the recorded one
+    stop_after_minutes: float | None = None  # this invocation's wall budget: then save, stop (interrupted), resumable
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,9 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
     """Train per `req`; returns done | failed | interrupted. Bad input raises UserError before any write."""
     console = console or Console(stderr=True)
     warn = warn or (lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False))
+    if req.stop_after_minutes is not None and not (math.isfinite(req.stop_after_minutes)
+                                                   and req.stop_after_minutes > 0):
+        raise UserError(f"--stop-after-minutes {req.stop_after_minutes}: must be a number > 0")
     p = plan(req)
     for note in p.notes:
         warn(note)
@@ -233,7 +238,8 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
         rundir.snapshot(run_dir, p.recipe, p.orig_text, req.argv, resumed=p.resume, extra=extra, resume_info=info)
         console.print(f"run directory: {run_dir.path}", highlight=False)
         status = session.train(p.recipe, run_dir, data, resume=p.resume, device=p.device, dist=req.dist,
-                              console=console, progress=req.progress, verified=verified)
+                              console=console, progress=req.progress, verified=verified,
+                              stop_after_s=None if req.stop_after_minutes is None else 60.0 * req.stop_after_minutes)
     failure = rundir.read_meta(run_dir).get("failure") if status == "failed" else None
     if failure and failure.get("message"):
         console.print(f"error: {failure['message']} (log: {run_dir.log})", style="red", highlight=False,

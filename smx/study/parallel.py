@@ -3,17 +3,23 @@
 On a CPU box, runs with one torch thread each (train.cpu_threads, default 1) scale almost linearly with cores, so
 a 2-core machine finishes a two-estimator head-to-head in about half the time of the sequential sweep. Each child
 writes its console output to <study dir>/logs/<run name>.log; its outcome is read back from the run's meta.json.
-Ctrl-C reaches the children (same process group): each saves, marks its run interrupted and exits.
+SIGINT, SIGTERM or SIGHUP to the sweep is forwarded to every running child (Ctrl-C reaches them anyway, through the
+process group; `smx train` counts signals within two seconds as one request): each saves, marks its run interrupted
+and exits; the sweep waits for them (up to 120 s each) and exits 130. No child is left training unwatched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from smx.engine.process import is_main_thread
 from smx.run.paths import RunDir
+from smx.run.session import STOP_SIGNALS
 from smx.study.sweep import Cell, SweepPlan, write_study
 from smx.recipe import recipes
 from smx.run import train as training
@@ -59,6 +65,16 @@ def run_parallel(plan: SweepPlan, jobs: int, device: str | None = None, console=
         else:
             pending.append(cell)
     running: dict[Cell, tuple[subprocess.Popen, float]] = {}
+
+    def stop(signum, frame) -> None:
+        for proc, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+        for sig in STOP_SIGNALS:  # one request: later signals go to the children through their own handlers
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    handlers = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS} if is_main_thread() else {}
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -81,9 +97,12 @@ def run_parallel(plan: SweepPlan, jobs: int, device: str | None = None, console=
     except KeyboardInterrupt:
         for proc, _ in running.values():
             try:
-                proc.wait(timeout=120)  # the children got the same SIGINT: let them checkpoint
+                proc.wait(timeout=120)  # the children got the signal too: let them checkpoint
             except subprocess.TimeoutExpired:
                 proc.kill()
         for cell in running:
             results[cell.path] = "interrupted"
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
     return results

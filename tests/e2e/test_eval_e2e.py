@@ -48,7 +48,7 @@ def test_eval_bleu_every_test_sentence(study):
 def test_eval_bleu_averaged_checkpoints(study):
     run = study / "study" / "tiny-sparsemixer-s1"
     assert cli(["eval", "bleu", str(run), "--checkpoint", "avg:2", "--subset", "valid", "--beam", "2"]) == 0
-    r = json.loads((run / "eval" / "bleu.valid.avg2.json").read_text())
+    r = json.loads((run / "eval" / "bleu.valid.avg2.beam2.lenpen0.6.json").read_text())
     assert [Path(p).name for p in r["checkpoint_files"]] == ["checkpoint_1_5.pt", "checkpoint_1_10.pt"]
     assert r["n_sentences"] == idx_length(study / "data" / "synthetic-mt" / "bin" / "valid.src-tgt.src.idx")
 

@@ -38,7 +38,11 @@ def test_eval_bleu_writes_scores_and_files(fake_run, fake_engine, capsys):
     assert r["sacrebleu_signature"] == expected["sacrebleu_signature"]
     assert (r["subset"], r["checkpoint"], r["beam"], r["lenpen"], r["n_sentences"]) == ("test", "best", 5, 1.0, 8)
     assert r["ref_raw"].endswith("raw/test.de")
-    assert (out / "bleu.test.best.json").read_text() == (out / "bleu.json").read_text()
+    assert (out / "bleu.test.best.beam5.lenpen1.0.json").read_text() == (out / "bleu.json").read_text()
+    # another setting is kept beside it, not over it
+    assert cli(["eval", "bleu", str(fake_run), "--beam", "1", "--lenpen", "0.6"]) == 0
+    assert json.loads((out / "bleu.test.best.beam5.lenpen1.0.json").read_text())["beam"] == 5
+    assert json.loads((out / "bleu.test.best.beam1.lenpen0.6.json").read_text())["beam"] == 1
     assert (out / "test.hyp.tok").read_text(encoding="utf-8").splitlines() == HYPS_TOK  # reordered by id
     assert (out / "test.hyp.detok").read_text(encoding="utf-8").splitlines() == detokenize(HYPS_TOK, "de")
     assert (out / "test.ref.tok").read_text(encoding="utf-8").splitlines() == REFS_TOK

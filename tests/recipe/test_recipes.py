@@ -128,7 +128,8 @@ def test_layer_index_beyond_arch():
 
 def test_never_stopping_run_refused():
     assert problems(BASE.replace("max_update: 10", "max_update: 0")) == [
-        "train.max_update: set train.max_update or train.max_epoch (both 0: the run would never stop)"]
+        "train.max_update: set train.max_update, train.max_epoch or train.max_wall_minutes (all 0: the run would never "
+        "stop)"]
 
 
 def test_unknown_estimator_and_option():
@@ -186,6 +187,16 @@ def test_estimator_switch_drops_options_it_does_not_take():
         "router.options.jitter_eps=0.1 dropped: not an option of estimator 'straight_through'"]
     # --set is strict instead
     assert problems(BASE, ["router.estimator=straight_through"])[0].startswith("router.options.jitter_eps: unknown")
+    # an option given explicitly with --set is a request, never dropped (issue 15)
+    with pytest.raises(UserError, match=r"--set router.options.jitter_eps: not an option of estimator "
+                                        r"'straight_through' \(--estimator\); its options: deterministic"):
+        recipes.loads(BASE, ["router.options.jitter_eps=0.2"], estimator="straight_through")
+
+
+def test_set_of_a_whole_section_is_named_as_such():
+    assert problems(BASE, ["moe=3"]) == ["--set moe: moe is a section, not a key; set one of its keys, e.g. "
+                                         "moe.num_experts, moe.k, moe.encoder_layers, ..."]
+    assert problems(BASE, ["train=null"])[0].startswith("--set train: train is a section, not a key")
 
 
 def test_file_errors(tmp_path: Path):

@@ -110,3 +110,11 @@ def test_eval_trust_checkpoint_is_the_only_way_around(tmp_path: Path, monkeypatc
 
 
 # --------------------------------------------------------------------------------------- with a real engine run
+
+
+def test_sha256sum_binary_form_is_read(tmp_path):
+    """`sha256sum -b` writes `<hex> *name`; a SHA256SUMS made by hand that way is read like the text form."""
+    digest = "ab" * 32
+    (tmp_path / "SHA256SUMS").write_text(f"{digest} *checkpoint_best.pt\n{digest.upper()}  checkpoint_last.pt\n"
+                                         "not a line\n")
+    assert checksums.read_sums(tmp_path) == {"checkpoint_best.pt": [digest], "checkpoint_last.pt": [digest]}

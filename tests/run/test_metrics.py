@@ -55,3 +55,18 @@ def test_read_skips_torn_lines_dedupes_resumed_steps_and_filters(tmp_path: Path)
     assert [e["loss"] for e in metrics.read(path, split="train", epoch_end=True)] == [4.9, 4.5]
     assert metrics.last(metrics.read(path), "valid")["loss"] == 4.0
     assert metrics.keep_until(metrics.read(path), 10) == [metrics.read(path)[0]]
+
+
+def test_malformed_lines_are_skipped_not_fatal(tmp_path):
+    """Issue 15 item 12: a wrong-typed line and a non-UTF-8 byte used to crash compare and resume."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1, "split": "train", "loss": 3.0}\n'
+                     b'{"step": "x", "split": "train", "loss": 1.0}\n'  # wrong type
+                     b'{"step": 2, "split": 7}\n'  # wrong type
+                     b'{"step": true, "split": "train"}\n'  # bool is not an update number
+                     b'{"step": 2, "split": "valid", "loss": 2.\xff}\n'  # not UTF-8
+                     b'[1, 2]\n'
+                     b'{"step": 3, "split": "valid", "loss": 1.5}\n'
+                     b'{"step": 4, "split": "tra')  # cut by a kill
+    assert [(e["step"], e["split"]) for e in metrics.entries(path)] == [(1, "train"), (3, "valid")]
+    assert [e["loss"] for e in metrics.read(path)] == [3.0, 1.5]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from smx.errors import UserError
+from smx.recipe import recipes
 from smx.run import metrics
 
 
@@ -48,12 +50,9 @@ def test_wall_clock_budget_stops_cleanly(train, tmp_path):
     assert (run / "checkpoints" / "checkpoint_last.pt").is_file()
 
 
-def test_wall_clock_budget_alone_is_a_stopping_rule(tmp_path):
-    from smx.recipe import recipes
-
+def test_wall_clock_budget_alone_is_a_stopping_rule():
     base = "name: x\ntask: translation\ndata: {dataset: synthetic-mt}\ntrain: {max_update: 0, max_wall_minutes: %s}\n"
     assert recipes.loads(base % 5).train.max_wall_minutes == 5
-    from smx.errors import UserError
     with pytest.raises(UserError, match="max_wall_minutes"):
         recipes.loads(base % 0)
     with pytest.raises(UserError, match="max_wall_minutes"):
@@ -77,9 +76,6 @@ def test_linear_decay_schedule_reaches_end_lr_at_max_update(train, tmp_path):
 
 
 def test_linear_decay_needs_max_update():
-    from smx.errors import UserError
-    from smx.recipe import recipes
-
     text = ("name: x\ntask: translation\ndata: {dataset: synthetic-mt}\noptim: {scheduler: polynomial_decay}\n"
             "train: {max_update: 0, max_epoch: 3}\n")
     with pytest.raises(UserError, match="polynomial_decay decays to optim.end_lr at train.max_update"):

@@ -136,3 +136,14 @@ def test_controlled_compare_says_only_the_estimator_differs(study, capsys):
     md = (study / "compare" / "compare.md").read_text()
     assert "Protocol: **controlled** (every setting but the estimator identical across arms)." in md
     assert "Settings that differ between the arms: none besides the estimator." in md
+
+
+def test_compare_survives_malformed_metrics_lines(tmp_path, capsys):
+    root = tmp_path / "s"
+    for est in ("topk", "sparsemixer"):
+        path = write_run(root, f"{est}-s1", est, 1, [(10, 3.0), (20, 2.0)])
+        with open(path / "metrics.jsonl", "ab") as f:
+            f.write(b'{"step": "x", "split": "valid", "loss": 0.1}\n{"step": 30, "split": "valid", "loss": \xff}\n')
+    assert run(["compare", str(root), "--out", str(tmp_path / "c")]) == 0
+    doc = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert [g["best"]["mean"] for g in doc["groups"]] == [2.0, 2.0]
