@@ -177,7 +177,7 @@ class OptimConfig:
         _positive(p, "warmup_updates", self.warmup_updates, allow_zero=True)
         _positive(p, "warmup_init_lr", self.warmup_init_lr, allow_zero=True)
         _positive(p, "end_lr", self.end_lr, allow_zero=True)
-        if self.end_lr > self.lr:
+        if self.lr > 0 and self.end_lr > self.lr:
             p.append(("end_lr", f"{self.end_lr} > optim.lr={self.lr}"))
         if self.scheduler == "inverse_sqrt" and self.lr > 0 and self.warmup_init_lr > self.lr:
             p.append(("warmup_init_lr", f"{self.warmup_init_lr} > optim.lr={self.lr}"))

@@ -47,7 +47,9 @@ def test_eval_bleu_writes_scores_and_files(fake_run, fake_engine, capsys):
     assert (out / "test.hyp.detok").read_text(encoding="utf-8").splitlines() == detokenize(HYPS_TOK, "de")
     assert (out / "test.ref.tok").read_text(encoding="utf-8").splitlines() == REFS_TOK
     assert (out / "test.ref.raw").read_text(encoding="utf-8").splitlines() == REFS_RAW
-    (call,) = fake_engine
+    first, second = fake_engine  # the default setting, then --beam 1 --lenpen 0.6
+    call = first
+    assert second["argv"][second["argv"].index("--beam") + 1] == "1"
     argv = call["argv"]
     assert call["total"] == 8 and argv[1:5] == ["-P", "-m", "smx.engine.entry", "fairseq_cli.generate"]
     assert argv[argv.index("--path") + 1] == str(fake_run / "checkpoints" / "checkpoint_best.pt")

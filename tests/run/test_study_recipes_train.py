@@ -38,7 +38,8 @@ def test_study_recipe_trains_shortened(train, tmp_path, recipe, dataset, extra):
 
 def test_wall_clock_budget_stops_cleanly(train, tmp_path):
     # 0.002 min = 0.12 s: fairseq's stop-time check fires after the first update or so, long before max_update
-    assert train("tiny.yaml", "--set", "train.max_update=500", "--set", "train.max_wall_minutes=0.002") == 0
+    assert train("tiny.yaml", "--set", "train.max_update=500", "--set", "train.max_wall_minutes=0.002",
+                 "--set", "train.log_interval=1") == 0
     (run,) = (tmp_path / "runs").iterdir()
     argv = (run / "fairseq_argv.txt").read_text()
     assert "--stop-time-hours" in argv and repr(0.002 / 60) in argv
