@@ -73,8 +73,8 @@ def _forward(state: _State, signum: int) -> None:
     if state.interrupts and now_s - state.first_at <= SAME_REQUEST_S:
         return  # e.g. the terminal's SIGINT and a sweep's forwarded one, or a scheduler's SIGTERM to every process
     state.interrupts += 1
-    if state.interrupts == 1:
-        state.first_at, state.signal_name = now_s, signal.Signals(signum).name
+    if state.interrupts == 1:  # the budget timer names itself before it calls this
+        state.first_at, state.signal_name = now_s, state.signal_name or signal.Signals(signum).name
     if state.proc is None or state.proc.poll() is not None:
         return
     try:
