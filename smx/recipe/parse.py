@@ -198,7 +198,8 @@ def coerce(value: Any, tp: Any) -> Any:
             except OverflowError:
                 number = math.inf
             if not math.isfinite(number):  # 1e400 reads as inf; .nan passes every `x <= 0` check
-                raise ValueError(f"expected a finite number, got {_show(value if isinstance(value, float) else number)}")
+                shown = _show(value if isinstance(value, float) else number)
+                raise ValueError(f"expected a finite number, got {shown}")
             return number
     elif tp is str:
         if isinstance(value, str):

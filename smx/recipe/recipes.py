@@ -188,7 +188,8 @@ def problems_of(text: str, overrides: Sequence[str] = (), *, estimator: str | No
     return (recipe if not p else None), p + more
 
 
-def _switch_estimator(raw: dict, name: str, explicit: Sequence[str] = (), problems: list[str] | None = None) -> list[str]:
+def _switch_estimator(raw: dict, name: str, explicit: Sequence[str] = (),
+                      problems: list[str] | None = None) -> list[str]:
     """Set router.estimator=name, dropping the recipe's router.options that estimator does not take (noted); an
     option given explicitly with --set that it does not take is a problem instead (an explicit request)."""
     router = raw.get("router")
