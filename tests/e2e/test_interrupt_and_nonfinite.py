@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from rel_helpers import TINY, saved_updates, smx_process, wait_for
+from rel_helpers import TINY, act_after_first_save, saved_updates, smx_process
 
 from smx.run import metrics
 from smx.engine import procfs
@@ -26,14 +26,7 @@ def _train_until_first_save_then(run_dir: Path, args: list[str], act: Callable[[
     """Start `smx train` (endless), wait for its first checkpoint, call act(proc), wait for the end: (proc, err)."""
     proc = smx_process(["train", str(TINY), "--run-dir", str(run_dir), "--set", "train.max_update=100000",
                         "--no-progress", *args])
-    try:
-        assert wait_for(lambda: saved_updates(run_dir / "train.log"), 240, proc), proc.communicate()
-        act(proc)
-        _, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc, err
+    return proc, act_after_first_save(proc, run_dir, act)
 
 
 def test_sigint_saves_a_checkpoint_then_resume_continues_from_it(data_root: Path, tmp_path: Path, capsys):

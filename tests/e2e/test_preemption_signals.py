@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from rel_helpers import TINY, dead, saved_updates, smx_process, wait_for
+from rel_helpers import TINY, act_after_first_save, dead, saved_updates, smx_process, wait_for
 
 from smx.cli import run as cli
 from smx.engine import procfs
@@ -24,17 +24,6 @@ pytestmark = pytest.mark.slow
 def _endless(run_dir: Path, data_root: Path) -> subprocess.Popen:
     return smx_process(["train", str(TINY), "--run-dir", str(run_dir), "--set", "train.max_update=100000",
                         "--set", f"data.root={data_root}", "--no-progress"])
-
-
-def _stop_after_first_save(proc: subprocess.Popen, run_dir: Path, send) -> str:
-    try:
-        assert wait_for(lambda: saved_updates(run_dir / "train.log"), 240, proc), proc.communicate()
-        send(proc)
-        _, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return err
 
 
 def _assert_saved_and_resumable(run_dir: Path, signame: str) -> None:
@@ -66,7 +55,7 @@ def test_sigterm_to_every_process_of_the_job_saves(data_root: Path, tmp_path: Pa
         for pid in [proc.pid, *engines]:
             os.kill(pid, signal.SIGTERM)
 
-    err = _stop_after_first_save(_endless(run_dir, data_root), run_dir, sigterm_all)
+    err = act_after_first_save(_endless(run_dir, data_root), run_dir, sigterm_all)
     assert "Traceback" not in err and "training interrupted" in err
     _assert_saved_and_resumable(run_dir, "SIGTERM")
 
@@ -75,7 +64,7 @@ def test_sighup_is_a_graceful_stop(data_root: Path, tmp_path: Path):
     """A closed terminal or a dropped SSH session (before: smx died at once, meta.json stayed running, lock left)."""
     run_dir = tmp_path / "hup"
     proc = _endless(run_dir, data_root)
-    _stop_after_first_save(proc, run_dir, lambda p: p.send_signal(signal.SIGHUP))
+    act_after_first_save(proc, run_dir, lambda p: p.send_signal(signal.SIGHUP))
     assert proc.returncode == 130
     _assert_saved_and_resumable(run_dir, "SIGHUP")
 

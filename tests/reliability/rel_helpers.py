@@ -122,6 +122,19 @@ def saved_updates(log: Path) -> list[int]:
             if e is not None and e.kind == "saved"]
 
 
+def act_after_first_save(proc: subprocess.Popen, run_dir: Path, act, timeout: float = 180) -> str:
+    """Wait for the first checkpoint of the `smx train` child `proc` writing run_dir, call act(proc), wait for its
+    end; returns its stderr (the child is killed if it outlives the wait)."""
+    try:
+        assert wait_for(lambda: saved_updates(run_dir / "train.log"), 240, proc), proc.communicate()
+        act(proc)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
+
+
 def comparable(entries: list[dict]) -> dict[tuple, dict]:
     """metrics entries keyed by (split, subset, epoch_end, step), without the wall-clock fields."""
     from smx.run.metrics import entry_key
