@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.harness import REPO_ROOT, RESULTS_DIR, environment, git_commit
+from smx.run import metrics
+from smx.run.paths import RunDir
 from smx.study.stats import last_quarter_gain
 
 # grid name -> [(configuration name, recipe overrides)]; every run also gets the budget, topk, seed 1, one thread.
@@ -66,25 +68,23 @@ def train_and_score(recipe: Path, name: str, overrides: list[str], minutes: floa
     row = {"config": name, "overrides": overrides, "rc": rc, "wall_s": round(wall, 1)}
     if rc != 0:
         return row
-    meta = json.loads((run / "meta.json").read_text())
-    row["task"] = meta.get("task")
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    valid = [r for r in records if r.get("split") == "valid" and isinstance(r.get("loss"), (int, float))]
-    train = [r for r in records if r.get("split") == "train" and isinstance(r.get("step"), int)]
-    row["updates"] = max((r["step"] for r in train), default=0)
+    rd = RunDir(run)
+    row["task"] = (rd.read_meta() or {}).get("task")
+    records = metrics.read(rd.metrics)
+    valid = [r for r in records if r["split"] == "valid" and isinstance(r.get("loss"), (int, float))]
+    # updates reached: every train entry counts, the epoch-end one fairseq logs when the wall budget stops it too
+    row["updates"] = max((r["step"] for r in metrics.entries(rd.metrics) if r["split"] == "train"), default=0)
     row["best_valid_loss"] = min((r["loss"] for r in valid), default=None)
     row["final_valid_loss"] = valid[-1]["loss"] if valid else None
     row["valid_curve"] = [[r["step"], r["loss"]] for r in valid]
-    if row["task"] == "translation":
-        ev = subprocess.run(smx("eval", "bleu", str(run), "--subset", "valid"), cwd=REPO_ROOT,
-                            capture_output=True, text=True)
-        bleu = json.loads((run / "eval" / "bleu.json").read_text()) if ev.returncode == 0 else {}
-        row["valid_bleu_tok"], row["valid_sacrebleu"] = bleu.get("bleu_tok"), bleu.get("sacrebleu")
+    kind = "bleu" if row["task"] == "translation" else "ppl"
+    ev = subprocess.run(smx("eval", kind, str(run), "--subset", "valid"), cwd=REPO_ROOT, capture_output=True,
+                        text=True)
+    result = (rd.read_eval(kind) or {}) if ev.returncode == 0 else {}
+    if kind == "bleu":
+        row["valid_bleu_tok"], row["valid_sacrebleu"] = result.get("bleu_tok"), result.get("sacrebleu")
     else:
-        ev = subprocess.run(smx("eval", "ppl", str(run), "--subset", "valid"), cwd=REPO_ROOT,
-                            capture_output=True, text=True)
-        ppl = json.loads((run / "eval" / "ppl.json").read_text()) if ev.returncode == 0 else {}
-        row["valid_ppl"] = ppl.get("ppl")
+        row["valid_ppl"] = result.get("ppl")
     row["eval_rc"] = ev.returncode
     return row
 

@@ -18,12 +18,20 @@ Engine quirks and how they are handled (the fairseq-side half lives in smx/fairs
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 # Environment additions for every engine process (train, validate, generate, eval-lm).
 ENGINE_ENV: dict[str, str] = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
-# Switches of smx.fairseq_plugin.guards: "1" = save a checkpoint and stop on the first SIGINT (one-process training);
+# Signals that ask training to save and stop (Ctrl-C, a scheduler's preemption or time limit, a closed terminal), in
+# smx (smx.run.session, smx.study.parallel) and in the engine (smx.fairseq_plugin.guards). Signals within
+# SAME_REQUEST_S of the first are one request: a scheduler signals every process of the job and smx forwards the one
+# it got, so the engine sees two at once; a later one is a second request (interrupt at once).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SAME_REQUEST_S = 2.0
+
+# Switches of smx.fairseq_plugin.guards: "1" = save a checkpoint and stop on the first stop signal (training);
 # N = make the training loss of update N NaN (tests of the non-finite guard only).
 GRACEFUL_STOP_ENV = "SMX_GRACEFUL_STOP"
 NONFINITE_TEST_ENV = "SMX_TEST_NONFINITE_AT"

@@ -40,7 +40,7 @@ from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 
 from smx.engine import checksums
-from smx.engine.contract import GRACEFUL_STOP_ENV, NONFINITE_TEST_ENV
+from smx.engine.contract import GRACEFUL_STOP_ENV, NONFINITE_TEST_ENV, SAME_REQUEST_S, STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,6 @@ def _install_verification() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- trainer hooks
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-SAME_REQUEST_S = 2.0
-
-
 class _Stop:
     """Stop-request flag of this engine process (the first of SIGINT / SIGTERM / SIGHUP names it)."""
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from smx.engine import checksums
+from smx.engine.contract import SAME_REQUEST_S, STOP_SIGNALS
 from smx.engine.argv import fairseq_argv
 from smx.engine.procfs import children
 from smx.engine.process import (Distributed, die_with_parent, engine_command, engine_environment, follow,
@@ -60,12 +61,6 @@ class _State:
     nonfinite: dict | None = None
     saved: metrics.CheckpointEvent | None = None
     notes: list[str] = field(default_factory=list)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-SAME_REQUEST_S = 2.0  # signals this close to the first are the same request (as in the engine's guards)
 
 
 def _forward(state: _State, signum: int) -> None:

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from smx.engine.contract import STOP_SIGNALS
 from smx.engine.process import is_main_thread
 from smx.run.paths import RunDir
-from smx.run.session import STOP_SIGNALS
 from smx.study.sweep import Cell, SweepPlan, write_study
 from smx.recipe import recipes
 from smx.run import train as training

@@ -76,16 +76,15 @@ def build(study: Path, compare_dir: Path, commands: list[str], secondary: tuple[
     for d in secondary:
         if _study_of(d).resolve() != study.resolve():
             rows += run_rows(_study_of(d))
-    versions = next((m.get("versions") for m in ((rd.read_meta() or {}) for rd in _runs(study))
-                     if isinstance(m.get("versions"), dict)), {})
+    metas = [rd.read_meta() or {} for rd in _runs(study)]
+    versions = next((m["versions"] for m in metas if isinstance(m.get("versions"), dict)), {})
     lines = [f"# smx study report: {study_json.get('recipe_name', study.name)}", "",
              f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
              f"({platform.machine()}, {platform.python_implementation()} {platform.python_version()}); "
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
              f"Recipe `{study_json.get('recipe', '?')}`, overrides {study_json.get('overrides', [])}, "
              f"estimators {study_json.get('estimators', '?')}, seeds {study_json.get('seeds', '?')}.", "",
-             "Commit: " + ", ".join(sorted({str((rd.read_meta() or {}).get("git_sha", "?")) for rd in _runs(study)}))
-             + ".", "", "## Comparison", "", body.rstrip(), ""]
+             "Commit: " + ", ".join(sorted({str(m.get("git_sha", "?")) for m in metas})) + ".", "", "## Comparison", "", body.rstrip(), ""]
     for d, text in zip(secondary, extra):
         lines += [f"## Second comparison ({d})", "", text.rstrip(), ""]
     lines += ["## Runs", "", "| run | estimator | seed | status | last update | score | git |",

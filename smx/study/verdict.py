@@ -110,10 +110,14 @@ def _signed(x: float, digits: int) -> str:
     return f"{x:+.{digits}f}"
 
 
+def _digits(c: Contrast) -> int:
+    return 2 if c.quantity in ("bleu_tok", "sacrebleu", "ppl") else 0 if c.quantity in (
+        "updates_to_target", "tokens_per_s", "wall_s") else 3
+
+
 def describe(c: Contrast) -> str:
     """'+0.31 [-0.20, +0.82], paired over 3 seeds' (or the single-seed difference)."""
-    digits = 2 if c.quantity in ("bleu_tok", "sacrebleu", "ppl") else 0 if c.quantity in (
-        "updates_to_target", "tokens_per_s", "wall_s") else 3
+    digits = _digits(c)
     if c.lo is None:
         return f"{_signed(c.mean, digits)} (one seed{'s' if c.n > 1 else ''} on a side: no interval)"
     how = f"paired over {c.n} seeds" if c.kind == "paired" else f"unpaired (Welch), n >= {c.n}"
@@ -127,7 +131,7 @@ def verdict_line(arm: str, baseline: str, cs: tuple[Contrast, ...], protocol: st
         return f"{arm} vs {baseline}: no common quantity to compare."
     direction = "higher is better" if c.higher_is_better else "lower is better"
     if c.verdict == NONE:
-        return (f"{arm} vs {baseline} ({protocol}): {c.label} {describe(c).split(' (')[0]} ({direction}) from a single "
+        return (f"{arm} vs {baseline} ({protocol}): {c.label} {_signed(c.mean, _digits(c))} ({direction}) from a single "
                 f"seed, so no interval exists and this does not say which is better; {seeds_command} gives one.")
     head = f"{arm} vs {baseline} ({protocol}): {c.label} {describe(c)} ({direction})"
     if c.verdict == SAME:
