@@ -20,8 +20,10 @@ a failed prep from the network keeps what it downloaded so that a re-run resumes
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 import shutil
 from dataclasses import asdict
 from importlib.metadata import version
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from smx.errors import UserError
 
+from data_prep.steps import identity as _identity
 from data_prep.steps import manifest as _manifest
 from data_prep.steps import pipeline
 from data_prep.steps.fetch import parse_source
@@ -99,8 +102,11 @@ def cache_dir(root: Path | str) -> Path:
 
 def prepare(name: str, root: Path | str = Path("data"), source: str | Path | None = None,
             bpe_merges: int | None = None, workers: int = 1, progress: bool = True, *,
-            options: dict | None = None) -> Path:
-    """Prepare dataset `name` into root/name (resumable, idempotent) and return that directory."""
+            options: dict | None = None, force: bool = False) -> Path:
+    """Prepare dataset `name` into root/name (resumable, idempotent) and return that directory.
+
+    A finished dataset is never replaced by one prepared with other settings unless `force` (UserError naming the
+    settings that differ and the runs recorded as trained on it: smx.run.dataid)."""
     spec = get(name)
     if bpe_merges is not None and (isinstance(bpe_merges, bool) or not isinstance(bpe_merges, int)
                                    or bpe_merges < 0):
@@ -115,6 +121,7 @@ def prepare(name: str, root: Path | str = Path("data"), source: str | Path | Non
     root_dir = Path(root) / name
     created = [p for p in (_topmost_missing(root_dir), _topmost_missing(cache_dir(root))) if p is not None]
     local = (src is None and not spec.takes_source) or (src is not None and not src.is_url)
+    _check_replacement(spec, root_dir, merges, config, src, force)
     root_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _prepare_in(spec, root_dir, root, src, config, merges, workers, progress)
@@ -123,6 +130,37 @@ def prepare(name: str, root: Path | str = Path("data"), source: str | Path | Non
             for path in created:
                 shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+_COMPARED = ("bpe_merges", "options", "text", "clean_train", "bpe_glossaries")  # manifest settings that shape the data
+
+
+def replaced_settings(spec, root_dir: Path, merges: int, config, src) -> list[str]:
+    """`key old -> new` for each setting in which this prep differs from the finished one in root_dir ([]: none,
+    or no finished prep there). A --source counts when it names another source than the recorded one."""
+    man = _manifest.read(root_dir)
+    if not man or man.get("complete") is not True:
+        return []
+    old = man.get("settings") if isinstance(man.get("settings"), dict) else {}
+    new = json.loads(json.dumps(_header(spec, merges, config, src)["settings"]))
+    keys = [*_COMPARED, *(("source",) if src is not None and old.get("source") is not None else ())]
+    return [f"{k} {json.dumps(old.get(k))[:60]} -> {json.dumps(new.get(k))[:60]}" for k in keys
+            if old.get(k) != new.get(k)]
+
+
+def _check_replacement(spec, root_dir: Path, merges: int, config, src, force: bool) -> None:
+    changes = replaced_settings(spec, root_dir, merges, config, src)
+    if not changes:
+        return
+    data_id = _identity.prepared_id(root_dir / "bin")
+    runs = _identity.users(root_dir, data_id) if data_id else []
+    used = (f"the {len(runs)} run(s) trained on it ({', '.join(map(str, runs[:3]))}"
+            f"{', ...' if len(runs) > 3 else ''}) could then no longer be evaluated or resumed") if runs else \
+        "no run is recorded as trained on it"
+    if not force:
+        raise UserError(f"{root_dir} is already prepared with other settings ({'; '.join(changes)}); {used}: pass "
+                        "--force to replace it, or prepare it under another root with --out DIR")
+    print(f"warning: replacing {root_dir} ({'; '.join(changes)}); {used}", file=sys.stderr)
 
 
 def _topmost_missing(path: Path) -> Path | None:

@@ -1,7 +1,8 @@
 """The tree is the map: dependencies run one way, no import cycle, no function-level import of smx modules.
 
 cli -> (study, eval, run, data_prep) -> engine -> recipe -> errors; fairseq_plugin -> moe -> estimators. The
-engine's contract and checksums modules are leaves (names and sha256 records shared with the fairseq plugin).
+engine's contract and checksums modules are leaves (names and sha256 records shared with the fairseq plugin), and so
+is its children module (child processes that die with smx, shared with data prep's fairseq-preprocess).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LEAVES = {"smx", "smx.errors", "smx.engine.contract", "smx.engine.checksums"}  # smx: its version only
+LEAVES = {"smx", "smx.errors", "smx.engine.contract", "smx.engine.checksums",  # smx: its version only
+          "smx.engine.children"}  # child processes that die with smx: the launcher's and data prep's
 # package -> the packages (besides itself and the leaves) it may import
 ALLOWED = {
     "smx.estimators": set(),

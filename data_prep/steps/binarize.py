@@ -14,6 +14,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from smx.engine.children import run_child
 from smx.errors import UserError
 
 from data_prep.steps.progress import Reporter
@@ -57,6 +58,16 @@ def expected_files(src: str, tgt: str | None) -> list[str]:
         f"{s}.{pair}.{lang}.{ext}" for s in SPLITS for lang in (src, tgt) for ext in ("bin", "idx")]
 
 
+def cause(lines: list[str]) -> str:
+    """The line of fairseq-preprocess's output that says why it failed: the last error line (not the Namespace
+    dump of its arguments that it logs first), else the last line; cut to 300 characters."""
+    errors = [ln.strip() for ln in lines if ("Error" in ln or "error:" in ln or "Exception" in ln)
+              and not ln.lstrip().startswith(("Namespace(", "Traceback"))]
+    plain = [ln.strip() for ln in lines if "Namespace(" not in ln]
+    line = errors[-1] if errors else (plain[-1] if plain else "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
 def run(bpe_dir: Path, dest: Path, src: str, tgt: str | None, workers: int, log_path: Path,
         reporter: Reporter) -> None:
     """Binarize bpe_dir/{split}.{lang} into dest (a fresh directory); output and fairseq's log go to log_path."""
@@ -69,16 +80,15 @@ def run(bpe_dir: Path, dest: Path, src: str, tgt: str | None, workers: int, log_
     with open(log_path, "w", encoding="utf-8") as log, reporter.task("binarize (fairseq-preprocess)", None):
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        returncode = run_child(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     own_log = dest / "preprocess.log"
     if own_log.exists():
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(own_log.read_text(encoding="utf-8", errors="replace"))
         own_log.unlink()
-    if res.returncode != 0:
+    if returncode != 0:
         lines = [ln for ln in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        raise UserError(f"fairseq-preprocess failed (exit {res.returncode}); see {log_path}: "
-                        f"{lines[-1].strip() if lines else ''}")
+        raise UserError(f"fairseq-preprocess failed (exit {returncode}); see {log_path}: {cause(lines)}")
     missing = [f for f in expected_files(src, tgt) if not (dest / f).is_file()]
     if missing:
         raise UserError(f"fairseq-preprocess did not write {', '.join(missing)} in {dest}; see {log_path}")

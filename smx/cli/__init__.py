@@ -6,6 +6,7 @@ code 2. Any other exception is an internal bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -15,6 +16,7 @@ from smx.cli import compare, data, diagnose, evaluate, export, recipe, report, s
 from smx.errors import UserError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 app = typer.Typer(
     name="smx",
@@ -41,9 +43,16 @@ def run(argv: list[str] | None = None) -> int:
     except typer.TyperException as e:  # usage errors: unknown option, missing argument, bad value
         err_console.print(f"error: {e.format_message()}", markup=False)
         return 2
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP where a command turns them into one
+        err_console.print(f"interrupted ({e}); run the command again to continue" if str(e) else "interrupted",
+                          markup=False)
         return 130
+    except OSError as e:  # a full disk is the machine's state, not a bug; every other OSError keeps its traceback
+        if e.errno not in NO_SPACE:
+            raise
+        err_console.print(f"error: {e.filename or 'an output file'}: no space left on device; files already "
+                          "finished were not overwritten; free space and run the command again", markup=False)
+        return 2
     except UserError as e:  # bad input only: everything else is a bug and keeps its traceback
         msg = " ".join(str(e).split()) if "\n" not in str(e) else str(e)
         err_console.print(f"error: {msg}", markup=False)

@@ -12,7 +12,8 @@ from rich.table import Table
 from smx.cli.output import table_console
 from smx.errors import UserError
 from smx.run.paths import RunDir
-from smx.study.compare import discover, load_run, summarize
+from smx.run.writable import check_dir
+from smx.study.compare import discover, load_runs, summarize
 from smx.study.outputs import protocol_line, table_rows, write_outputs
 
 
@@ -31,14 +32,15 @@ def compare(
 ) -> None:
     """Table, curves and steps-to-target speed-ups of runs grouped by estimator, seeds aggregated."""
     paths = discover(runs)
-    loaded = [load_run(p) for p in paths]
-    c = summarize(loaded, metric=metric, baseline=baseline or "topk", target=target, interpolate=interpolate,
-                  require_baseline=baseline is not None)
     if out is None:
         single_study = len(runs) == 1 and not RunDir(runs[0]).meta.is_file()
         out = runs[0] / "compare" if single_study else Path("compare")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
+    check_dir(out, "--out")  # before the table is printed
+    loaded, skipped = load_runs(paths)
+    c = summarize(loaded, metric=metric, baseline=baseline or "topk", target=target, interpolate=interpolate,
+                  require_baseline=baseline is not None, skipped=skipped)
     headers, rows = table_rows(c)
     table = Table(title=f"{len(loaded)} runs, {len(c.groups)} estimators"
                   + (f", target {c.metric} {c.target:.4f} ({c.target_source})" if c.target is not None else ""))

@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 import data_prep
+from smx.engine.children import stop_signals_interrupt
 from smx.errors import UserError
+from smx.run.writable import check_dir
 
 app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets (download, tokenize, BPE, binarize).")
 
@@ -73,11 +75,16 @@ def prep(
     workers: int = typer.Option(1, "--workers", help="Worker processes for tokenization, BPE and binarization."),
     opt: list[str] = typer.Option([], "--opt", help="Dataset option KEY=VALUE (synthetic sizes, seed); repeatable."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    force: bool = typer.Option(False, "--force", help="Replace a finished dataset prepared with other settings "
+                               "(the runs trained on it can then no longer be evaluated or resumed)."),
 ) -> None:
     """Prepare a dataset: fetch, tokenize, clean, BPE, binarize (resumable; a finished prep is skipped)."""
     options = _parse_options(opt)
-    path = data_prep.prepare(name, root=out, source=source, bpe_merges=bpe_merges, workers=workers,
-                             progress=progress, options=options or None)
+    data_prep.info(name)  # an unknown name first
+    check_dir(out / name, "--out")  # before any work
+    with stop_signals_interrupt():  # SIGTERM / SIGHUP stop it as Ctrl-C does: fairseq-preprocess is killed too
+        path = data_prep.prepare(name, root=out, source=source, bpe_merges=bpe_merges, workers=workers,
+                                 progress=progress, options=options or None, force=force)
     console = _console()
     man = data_prep.manifest(name, out)
     for table in summary_tables(man):

@@ -12,6 +12,7 @@ from rich.table import Table
 from smx import diagnose as diag
 from smx.cli.output import table_console
 from smx.errors import UserError
+from smx.run.writable import check_file
 
 app = typer.Typer(no_args_is_help=True, help="Diagnostics: router gradient fidelity against exact gradients.")
 
@@ -37,6 +38,8 @@ def gradients(
         raise UserError(f"--json {json_file}: file exists; pass --force to overwrite it")
     if json_file is not None and not json_file.parent.is_dir():
         raise UserError(f"--json {json_file}: directory {json_file.parent} does not exist")
+    if json_file is not None:
+        check_file(json_file, "--json")  # before the study, not after it
     result = diag.study(experts, k, tokens, samples, loss, jitter_eps, seed, reference_eps=reference_eps, offset=logit_offset)
     console = table_console()
     s = result["settings"]

@@ -25,10 +25,12 @@ def _layers(indices: tuple[int, ...]) -> str:
 
 
 def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resume: bool, device: str,
-                 world_size: int = 1) -> list[str]:
+                 world_size: int = 1, restore: str = "checkpoint_last.pt") -> list[str]:
     """The fairseq_cli.train arguments for `recipe` (no interpreter/module prefix). Pure: same input, same list.
 
     device: "cpu" or "cuda" (already resolved). world_size: total engine processes (> 1: distributed training).
+    resume: restore the checkpoint `restore` of the run's checkpoints/ (checkpoint_best.pt when the run died before
+    its first checkpoint_last.pt).
     """
     assert device in ("cpu", "cuda"), device
     tr = recipe.task == "translation"
@@ -104,7 +106,7 @@ def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resu
           "--validate-interval", str(t.validate_interval),
           "--validate-interval-updates", str(t.validate_interval_updates)]
     if resume:
-        a += ["--restore-file", str(ckpt / "checkpoint_last.pt")]
+        a += ["--restore-file", str(ckpt / restore)]
     a += ["--log-format", "json", "--log-interval", str(t.log_interval), "--tensorboard-logdir", str(run_dir / "tb")]
 
     if device == "cpu":

@@ -101,18 +101,21 @@ def prune(directory: str | Path) -> None:
         write_sums(directory, kept)
 
 
-def check(path: str | Path) -> tuple[str | None, str]:
-    """(problem or None, sha256 of the file) for `path` against the SHA256SUMS next to it."""
+def check(path: str | Path, recorded_as: str | Path | None = None,
+          also: tuple[str, ...] = ()) -> tuple[str | None, str]:
+    """(problem or None, sha256 of the file) for `path` against the SHA256SUMS next to it, or, for a pinned link
+    or copy, next to the checkpoint it was taken from (`recorded_as`); `also`: hashes listed there earlier."""
     path = Path(path)
+    name = Path(recorded_as) if recorded_as is not None else path
     digest = sha256_file(path)
-    listed = read_sums(path.parent).get(path.name)
-    if not (path.parent / SUMS_NAME).is_file():
-        return f"{path}: no recorded sha256 ({path.parent / SUMS_NAME} is missing)", digest
+    listed = [*read_sums(name.parent).get(name.name, []), *also]
+    if not (name.parent / SUMS_NAME).is_file():
+        return f"{name}: no recorded sha256 ({name.parent / SUMS_NAME} is missing)", digest
     if not listed:
-        return f"{path}: no recorded sha256 in {path.parent / SUMS_NAME}", digest
+        return f"{name}: no recorded sha256 in {name.parent / SUMS_NAME}", digest
     if digest not in listed:
-        return (f"{path}: sha256 {digest[:12]}... does not match the recorded {listed[0][:12]}... "
-                f"({path.parent / SUMS_NAME}): the file changed after smx saved it"), digest
+        return (f"{name}: sha256 {digest[:12]}... does not match the recorded {listed[0][:12]}... "
+                f"({name.parent / SUMS_NAME}): the file changed after smx saved it"), digest
     return None, digest
 
 

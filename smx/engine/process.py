@@ -4,14 +4,13 @@ and the helpers that follow and stop it. fairseq is never imported here.
 
 - `-P`: the working directory is not put on sys.path, so a local directory named smx/ or fairseq/ cannot shadow the
   installed packages in the engine; smx.engine.entry runs MODULE and exits cleanly (exit status kept).
-- The engine dies with smx: on Linux it gets SIGKILL when smx dies (PR_SET_PDEATHSIG, `die_with_parent`).
+- The engine dies with smx: on Linux it gets SIGKILL when smx dies (PR_SET_PDEATHSIG, smx.engine.children).
 - `run_captured` runs a short engine job (eval, averaging) with its output in a log file and a progress bar;
   smx.run.session runs training (output straight into train.log, followed with `follow`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -28,10 +27,10 @@ from rich.progress import Progress
 
 from smx.engine import checksums
 from smx.engine import contract
+from smx.engine.children import die_with_parent
 from smx.errors import UserError
 
 ENTRY = "smx.engine.entry"
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -122,24 +121,6 @@ def check_engine() -> None:
 # ---------------------------------------------------------------- following and stopping
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A Popen preexec_fn making the child get SIGKILL when this process dies (Linux), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: no import or dlopen after fork
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
 def follow(path: Path, offset: int, proc: subprocess.Popen, poll: float = 0.05):
     """Yield the complete lines appended to `path` after byte `offset` until `proc` has exited and all is read."""
     with open(path, "rb") as f:
@@ -164,19 +145,6 @@ def follow(path: Path, offset: int, proc: subprocess.Popen, poll: float = 0.05):
             time.sleep(poll)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the engine's whole process group (torchrun and its workers too) and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def is_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 def run_captured(cmd: list[str], log: Path, label: str, *, total: int | None = None, count_prefix: str = "H-",
                  extra_env: dict[str, str] | None = None) -> str:
     """Run a short engine job, its stdout and stderr into `log`, a progress bar counting stdout lines that start
@@ -189,17 +157,26 @@ def run_captured(cmd: list[str], log: Path, label: str, *, total: int | None = N
     drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
     drain.start()
     out: list[str] = []
-    with Progress(console=Console(stderr=True), transient=True) as bar, open(log, "w", encoding="utf-8") as f:
-        f.write(" ".join(cmd) + "\n")
-        task = bar.add_task(label, total=total)
-        for line in proc.stdout:
-            out.append(line)
-            f.write(line)
-            if line.startswith(count_prefix):
-                bar.advance(task)
-        proc.wait()
-        drain.join()
-        f.write("".join(err))
+    tmp = log.with_name(log.name + ".tmp")  # the previous log stays whole until this one is (disk full, a kill)
+    try:
+        with Progress(console=Console(stderr=True), transient=True) as bar, open(tmp, "w", encoding="utf-8") as f:
+            f.write(" ".join(cmd) + "\n")
+            task = bar.add_task(label, total=total)
+            for line in proc.stdout:
+                out.append(line)
+                f.write(line)
+                if line.startswith(count_prefix):
+                    bar.advance(task)
+            proc.wait()
+            drain.join()
+            f.write("".join(err))
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, log)
     if proc.returncode != 0:
         last = next((x.strip() for x in reversed(err + out) if x.strip()), "no output")
         raise UserError(f"{label} failed (exit {proc.returncode}): {last[:300]} (full log: {log})")

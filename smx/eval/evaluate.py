@@ -24,7 +24,11 @@ from smx.engine.process import engine_command, run_captured
 from smx.errors import UserError
 from smx.eval.average import model_checkpoint
 from smx.recipe import recipes
-from smx.run.paths import verify_checkpoint
+from smx.run import dataid
+from smx.run.dataid import translation_pair
+from smx.eval.pinning import pinned
+from smx.run.paths import RunDir, verify_checkpoint, write_atomic
+from smx.run.writable import check_dir
 from smx.eval.scoring import check_count, detokenize, idx_length, parse_eval_lm, parse_generate, read_lines, score_bleu
 
 
@@ -83,16 +87,11 @@ def bin_dir_of(recipe, run: Path) -> Path:
                     f"from here and the run's parent directories); prepare it: smx data prep {recipe.data.dataset}")
 
 
-def translation_pair(bin_dir: Path, subset: str, recipe) -> tuple[str, str]:
-    """(src, tgt) of a translation run: the recipe's languages, else the pair the binarized subset files name."""
-    if recipe.data.source_lang and recipe.data.target_lang:
-        return recipe.data.source_lang, recipe.data.target_lang
-    pairs = sorted({p.name.split(".")[1] for p in bin_dir.glob(f"{subset}.*-*.*.idx")})
-    if len(pairs) != 1:
-        raise UserError(f"{bin_dir}: expected the files of one language pair for subset {subset}, "
-                        f"found {pairs or 'none'}")
-    src, tgt = pairs[0].split("-")
-    return recipe.data.source_lang or src, recipe.data.target_lang or tgt
+def run_data(recipe, run: Path) -> Path:
+    """bin_dir_of(), refused (UserError naming both) when it is no longer the data the run was trained on."""
+    d = bin_dir_of(recipe, run)
+    dataid.check((RunDir(run).read_meta() or {}).get("data"), dataid.identity(d), f"smx eval {run}")
+    return d
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,11 @@ def eval_lm_argv(bin_dir: Path, checkpoint: Path, subset: str, tokens_per_sample
 SUBSETS = ("valid", "test")
 
 
+def verify_checkpoints(files: list[Path], trust: bool = False) -> dict[Path, str]:
+    """{file: sha256} after checking each against the run's SHA256SUMS (UserError unless `trust`)."""
+    return {p: verify_checkpoint(p, trust) for p in files}
+
+
 def _options(recipe, subset, max_tokens) -> tuple[str, int]:
     subset = subset or recipe.eval.subset
     if subset not in SUBSETS:
@@ -159,14 +163,9 @@ def _write_result(eval_dir: Path, kind: str, result: dict) -> Path:
     parts = [kind, result["subset"], result["checkpoint"].replace(":", "")]
     if "beam" in result:
         parts += [f"beam{result['beam']}", f"lenpen{result['lenpen']}"]
-    (eval_dir / (".".join(parts) + ".json")).write_text(text)
-    (eval_dir / f"{kind}.json").write_text(text)
+    for path in (eval_dir / (".".join(parts) + ".json"), eval_dir / f"{kind}.json"):
+        write_atomic(path, text)  # a full disk leaves the previous result whole
     return eval_dir / f"{kind}.json"
-
-
-def verify_checkpoints(files: list[Path], trust: bool = False) -> dict[Path, str]:
-    """{file: sha256} after checking each against the run's SHA256SUMS (UserError unless `trust`)."""
-    return {p: verify_checkpoint(p, trust) for p in files}
 
 
 def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: int | None = None,
@@ -180,6 +179,7 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     recipe = load_run_recipe(run)
     if recipe.task != "translation":
         raise UserError(f"{run}: a {recipe.task} run; BLEU needs a translation run (use `smx eval ppl`)")
+    check_dir(run / "eval", "eval directory")  # before any work
     subset, max_tokens = _options(recipe, subset, max_tokens)
     beam = recipe.eval.beam if beam is None else beam
     lenpen = recipe.eval.lenpen if lenpen is None else lenpen
@@ -188,8 +188,8 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     if not math.isfinite(lenpen):
         raise UserError(f"--lenpen {lenpen}: must be a finite number")
     ckpts = checkpoint_files(run, checkpoint)
-    digests = verify_checkpoints(ckpts, trust_checkpoint)
-    bin_dir = bin_dir_of(recipe, run)
+    verify_checkpoints(ckpts, trust_checkpoint)  # refused before anything is written
+    bin_dir = run_data(recipe, run)
     src, tgt = translation_pair(bin_dir, subset, recipe)
     n = idx_length(bin_dir / f"{subset}.{src}-{tgt}.{src}.idx")
     refs_tok = read_lines(bin_dir.parent / "tok" / f"{subset}.{tgt}", "tokenized reference")
@@ -202,7 +202,8 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
     eval_dir = run / "eval"
     eval_dir.mkdir(exist_ok=True)
     start = time.time()
-    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, check_env):
+    with pinned(ckpts, eval_dir, trust_checkpoint) as (pins, digests), \
+            model_checkpoint(checkpoint, pins, digests) as (ckpt, check_env):  # pins: the run may train on
         argv = generate_argv(bin_dir, ckpt, subset, src, tgt, beam, lenpen, max_tokens)
         text = run_captured(argv, eval_dir / f"{subset}.generate.log", f"beam search ({subset})", total=n,
                           extra_env=check_env)
@@ -221,7 +222,8 @@ def bleu(run: Path, checkpoint: str = "best", subset: str | None = None, beam: i
               "ref_raw": str(raw_path) if raw_path else "tokenized reference detokenized with sacremoses",
               "detokenizer": f"sacremoses MosesDetokenizer(lang={ts.lang}, unescape={ts.escape})" if ts.moses
               else "none (the dataset is not Moses-tokenized)",
-              "seconds": round(time.time() - start, 2), "argv": argv}
+              "seconds": round(time.time() - start, 2),
+              "argv": [str(ckpts[0]) if a == str(pins[0]) else a for a in argv]}  # the run's file, not its pin
     result["path"] = str(_write_result(eval_dir, "bleu", result))
     return result
 
@@ -233,23 +235,26 @@ def ppl(run: Path, checkpoint: str = "best", subset: str | None = None, max_toke
     recipe = load_run_recipe(run)
     if recipe.task != "language_modeling":
         raise UserError(f"{run}: a {recipe.task} run; perplexity needs a language_modeling run (use `smx eval bleu`)")
+    check_dir(run / "eval", "eval directory")  # before any work
     subset, max_tokens = _options(recipe, subset, max_tokens)
     tps = recipe.data.tokens_per_sample
     if context_window < 0 or context_window >= tps:
         raise UserError(f"--context-window {context_window}: must be >= 0 and < data.tokens_per_sample ({tps})")
     max_tokens = max(max_tokens, tps)
     ckpts = checkpoint_files(run, checkpoint)
-    digests = verify_checkpoints(ckpts, trust_checkpoint)
-    bin_dir = bin_dir_of(recipe, run)
+    verify_checkpoints(ckpts, trust_checkpoint)  # refused before anything is written
+    bin_dir = run_data(recipe, run)
     idx_length(bin_dir / f"{subset}.idx")
     eval_dir = run / "eval"
     eval_dir.mkdir(exist_ok=True)
     start = time.time()
-    with model_checkpoint(checkpoint, ckpts, digests) as (ckpt, check_env):
+    with pinned(ckpts, eval_dir, trust_checkpoint) as (pins, digests), \
+            model_checkpoint(checkpoint, pins, digests) as (ckpt, check_env):  # pins: the run may train on
         argv = eval_lm_argv(bin_dir, ckpt, subset, tps, recipe.data.sample_break_mode, context_window, max_tokens)
         text = run_captured(argv, eval_dir / f"{subset}.eval_lm.log", f"eval-lm ({subset})", extra_env=check_env)
     result = {"run": str(run), "subset": subset, "checkpoint": checkpoint, "checkpoint_files": [str(p) for p in ckpts],
               **parse_eval_lm(text), "loss_base": 2, "tokens_per_sample": tps, "context_window": context_window,
-              "max_tokens": max_tokens, "seconds": round(time.time() - start, 2), "argv": argv}
+              "max_tokens": max_tokens, "seconds": round(time.time() - start, 2),
+              "argv": [str(ckpts[0]) if a == str(pins[0]) else a for a in argv]}  # the run's file, not its pin
     result["path"] = str(_write_result(eval_dir, "ppl", result))
     return result

@@ -52,9 +52,13 @@ class Lock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
-                       "started": process_start(os.getpid())}, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
+                           "started": process_start(os.getpid())}, f)
+        except BaseException:  # disk full: no half-written lock left behind
+            self.path.unlink(missing_ok=True)
+            raise
         return True
 
     def acquire(self) -> "Lock":

@@ -33,6 +33,7 @@ from smx.recipe.recipes import Recipe, dump
 import smx
 
 LOCK_NAME = "run.lock"
+RESERVE_NAME = ".smx-reserve"  # room kept for the last meta.json write while the engine runs (smx.run.session)
 SUMS_NAME = checksums.SUMS_NAME
 
 
@@ -101,6 +102,43 @@ def check_new(path: Path) -> None:
         )
 
 
+# What create() and snapshot() write before the engine starts; a directory holding nothing else never trained.
+_SKELETON_FILES = ("recipe.yaml", "recipe.orig.yaml", "meta.json", "meta.json.tmp", "fairseq_argv.txt", "train.log",
+                   "metrics.jsonl", LOCK_NAME, RESERVE_NAME)
+
+
+def never_trained(path: str | Path) -> bool:
+    """True for a run directory that a failure at its very start (disk full, a kill) left before any training:
+    nothing but create()/snapshot()'s own files, empty subdirectories, and a train.log without engine output."""
+    run = RunDir(Path(path))
+    if not run.path.is_dir() or run.path.is_symlink():
+        return False
+    for p in run.path.iterdir():
+        if p.is_dir() and not p.is_symlink() and p.name in ("checkpoints", "tb", "eval"):
+            if any(p.iterdir()):
+                return False
+        elif not (p.is_file() and p.name in _SKELETON_FILES):
+            return False
+    for name in ("train.log", "metrics.jsonl"):
+        try:
+            lines = (run.path / name).read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            continue
+        if any(line.strip() and not line.startswith("# smx ") for line in lines):
+            return False
+    return True
+
+
+def clear_skeleton(path: Path) -> None:
+    """Remove what never_trained() accepts, so that create() makes the directory again from nothing."""
+    for p in Path(path).iterdir():
+        if p.is_dir():
+            p.rmdir()
+        else:
+            p.unlink()
+    Path(path).rmdir()
+
+
 def create(path: str | Path) -> RunDir:
     """Make a new, empty run directory (parents as needed); an existing path is an error, never reused."""
     path = Path(path)
@@ -111,21 +149,36 @@ def create(path: str | Path) -> RunDir:
     except FileExistsError:  # lost a race with another writer
         raise UserError(f"run directory {path} already exists") from None
     run = RunDir(path)
-    for sub in (run.checkpoints, run.tb, run.eval):
-        sub.mkdir()
+    ensure_layout(run)
     return run
 
 
+def ensure_layout(run: RunDir) -> None:
+    """checkpoints/, tb/ and eval/ exist (create() makes them; a resume re-makes what a crash left out)."""
+    for sub in (run.checkpoints, run.tb, run.eval):
+        sub.mkdir(exist_ok=True)
+
+
 def check_resume(path: str | Path) -> RunDir:
-    """The run directory to resume; raises UserError unless it has recipe.yaml and checkpoints/checkpoint_last.pt."""
+    """The run directory to resume; raises UserError unless it has recipe.yaml, and a checkpoint when it is done
+    (a run that died before its first checkpoint restarts in place: resume_point)."""
     run = RunDir(Path(path))
     if not run.path.is_dir():
         raise UserError(f"--resume {path}: no such run directory")
     if not run.recipe.is_file():
         raise UserError(f"--resume {path}: not a run directory (no recipe.yaml)")
-    if not run.last_checkpoint.is_file():
+    if resume_point(run) is None and run.status() == "done":
         raise UserError(f"--resume {path}: nothing to resume from (no checkpoints/checkpoint_last.pt)")
     return run
+
+
+def resume_point(run: RunDir) -> str | None:
+    """The checkpoint a resume restores, by name in checkpoints/: checkpoint_last.pt; checkpoint_best.pt when the
+    engine died between writing the two; None when nothing was saved (the run restarts from update 0)."""
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        if (run.checkpoints / name).is_file():
+            return name
+    return None
 
 
 # ---------------------------------------------------------------- snapshot / meta
@@ -166,14 +219,24 @@ def read_meta(run: RunDir) -> dict:
     return run.read_meta() or {}
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` atomically (write, fsync, rename); on failure (disk full) the old file stays whole
+    and no temporary is left behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_meta(run: RunDir, meta: dict) -> None:
     """Atomic replace of meta.json."""
-    tmp = run.meta.with_name("meta.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(meta, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run.meta)
+    write_atomic(run.meta, json.dumps(meta, indent=2) + "\n")
 
 
 def update_meta(run: RunDir, **changes: Any) -> dict:
@@ -190,11 +253,14 @@ def snapshot(run: RunDir, recipe: Recipe, orig_text: str | None, argv: Sequence[
     A resume appends {start, argv, previous_status, **resume_info} to meta["resumes"]; a previous status "running"
     (the last writer died without a word) also counts in meta["crashes"].
     """
-    run.recipe.write_text(dump(recipe))
+    write_atomic(run.recipe, dump(recipe))
     if orig_text is not None and not run.recipe_orig.exists():
-        run.recipe_orig.write_text(orig_text)
+        write_atomic(run.recipe_orig, orig_text)
     meta = read_meta(run) if resumed else {}
     started = now()
+    rebuilt = resumed and not meta.get("name")  # meta.json missing or unreadable: provenance from recipe.yaml
+    if rebuilt and run.meta.exists():
+        os.replace(run.meta, run.meta.with_name("meta.json.unreadable"))  # kept, never overwritten in place
     common = {
         "status": "running", "versions": versions(), "git_sha": git_sha(), "host": socket.gethostname(),
         "argv": list(argv), "end": None, **(extra or {}),
@@ -208,14 +274,34 @@ def snapshot(run: RunDir, recipe: Recipe, orig_text: str | None, argv: Sequence[
         if previous == "running":  # the writer before us died without a word (kill -9, power loss)
             meta["crashes"] = meta.get("crashes", 0) + 1
         meta.update(common)
+        if rebuilt:
+            meta = {**provenance(run, recipe, first_start(run.log)), **meta,
+                    "rebuilt": {"at": started, "from": "recipe.yaml and train.log",
+                                "reason": "meta.json was missing or unreadable (kept as meta.json.unreadable)"
+                                if run.meta.with_name("meta.json.unreadable").exists() else "meta.json was missing"}}
     else:
-        meta = {
-            "name": run.path.name, "recipe": recipe.name, "task": recipe.task, "dataset": recipe.data.dataset,
-            "estimator": recipe.router.estimator, "seed": recipe.seed, "protocol": recipe.router.protocol,
-            "arm": arm_settings(recipe), "start": started, **common,
-        }
+        meta = {**provenance(run, recipe, started), **common}
     write_meta(run, meta)
     return meta
+
+
+def provenance(run: RunDir, recipe: Recipe, start: str | None) -> dict:
+    """What meta.json says about a run's identity, from its resolved recipe."""
+    return {"name": run.path.name, "recipe": recipe.name, "task": recipe.task, "dataset": recipe.data.dataset,
+            "estimator": recipe.router.estimator, "seed": recipe.seed, "protocol": recipe.router.protocol,
+            "arm": arm_settings(recipe), "start": start}
+
+
+def first_start(log: Path) -> str | None:
+    """The time of the first `# smx <time>: <command>` line of train.log (a run's first session), if any."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("# smx ") and ": " in line:
+                    return line[len("# smx "):].split(": ", 1)[0]
+    except OSError:
+        pass
+    return None
 
 
 # ---------------------------------------------------------------- checkpoint hashes
@@ -265,13 +351,19 @@ def prune_checksums(checkpoints: Path) -> None:
 TRUST_HINT = ("checkpoints are pickles and loading one runs code; if you trust this file, pass --trust-checkpoint")
 
 
-def verify_checkpoint(path: Path, trust: bool = False, warn: Callable[[str], None] | None = None) -> str:
-    """The sha256 of checkpoint `path` after checking it against the SHA256SUMS smx wrote when it saved it.
+def verify_checkpoint(path: Path, trust: bool = False, warn: Callable[[str], None] | None = None,
+                      recorded_as: Path | None = None, also: tuple[str, ...] = ()) -> str:
+    """The sha256 of checkpoint `path` after checking it against the SHA256SUMS smx wrote when it saved it
+    (for a pinned copy: the SHA256SUMS of `recorded_as`, the checkpoint it was taken from; checksums.check).
 
     Raises UserError (before anything unpickles the file) when the hash does not match or was never recorded,
     unless `trust`; then `warn` is told what was accepted.
     """
-    problem, digest = checksums.check(path)
+    try:
+        problem, digest = checksums.check(path, recorded_as, also)
+    except FileNotFoundError:  # a training run removed it (keep_last) or renamed a new one over it meanwhile
+        raise UserError(f"{path}: removed while smx was reading it (the run is still training and replaced or "
+                        "deleted it); run the command again") from None
     if problem is None:
         return digest
     if not trust:

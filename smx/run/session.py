@@ -22,11 +22,15 @@ Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
   the ones up to it that smx had not yet written when it was killed, and continues the wall clock.
 - A non-finite loss (SMX_NONFINITE line) ends the run as failed, with meta.json "failure" naming the update and the
   last checkpoint saved before it.
+- Disk full (the engine cannot save, or smx cannot append metrics): the engine is stopped, its partial checkpoint
+  removed, and meta.json says failed with reason "no space" (written into the room of RESERVE_NAME, a small file
+  kept for that while the engine runs); the checkpoints saved before are intact and --resume continues from them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import signal
@@ -41,13 +45,19 @@ from smx.engine import checksums
 from smx.engine.contract import SAME_REQUEST_S, STOP_SIGNALS
 from smx.engine.argv import fairseq_argv
 from smx.engine.procfs import children
-from smx.engine.process import (Distributed, die_with_parent, engine_command, engine_environment, follow,
-                                is_main_thread, kill_group, train_env_additions, verify_env)
+from smx.engine.children import die_with_parent, is_main_thread, kill_group
+from smx.engine.process import Distributed, engine_command, engine_environment, follow, train_env_additions, verify_env
+from smx.errors import UserError
 from smx.recipe.recipes import Recipe
 from smx.run import metrics
-from smx.run.paths import RunDir, now, prune_checksums, update_meta
+from smx.run.paths import RESERVE_NAME, RunDir, now, prune_checksums, read_meta, update_meta, write_meta
 from smx.run.progress import TrainProgress
 
+
+
+RESERVE_BYTES = 256 << 10
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 @dataclass
@@ -60,6 +70,7 @@ class _State:
     distributed: bool = False  # proc is the torchrun agent; its children are the engine processes
     nonfinite: dict | None = None
     saved: metrics.CheckpointEvent | None = None
+    trained: bool = False  # this session logged a training update or saved a checkpoint
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,13 +108,14 @@ def _catch_stop_signals(state: _State) -> dict:
 def _handle(line: str, run: RunDir, state: _State, session_start: int, clock: dict, bar: Any) -> None:
     event = metrics.parse_event(line)
     if event is not None and event.kind == "saved":
-        state.saved = event
+        state.saved, state.trained = event, True
     elif event is not None and event.kind == "loaded":
         clock["offset"] = _resume_metrics(run, event.updates, session_start)
     if state.nonfinite is None and (bad := metrics.parse_nonfinite(line)) is not None:
         state.nonfinite = bad
     entry = metrics.parse_line(line, clock["offset"] + time.monotonic() - clock["t0"])
     if entry is not None:
+        state.trained = state.trained or entry.get("split") == "train"
         with open(run.metrics, "a", encoding="utf-8") as f:
             f.write(metrics.dumps(entry) + "\n")
         bar.update(entry)
@@ -111,18 +123,22 @@ def _handle(line: str, run: RunDir, state: _State, session_start: int, clock: di
 
 def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: str,
           dist: Distributed = Distributed(), console: Any = None, progress: bool = True,
-          verified: dict[Path, str] | None = None, stop_after_s: float | None = None) -> str:
+          verified: dict[Path, str] | None = None, stop_after_s: float | None = None,
+          restore: str = "checkpoint_last.pt", previous: dict | None = None) -> str:
     """Run the engine for `run` and return the final status: done | failed | interrupted (also in meta.json).
 
     The caller created/locked the run directory and wrote the snapshot (smx.run.paths); `verified` maps the checkpoint
     a resume loads to the sha256 the caller checked. Output goes to train.log, metrics to metrics.jsonl; the engine
     records checkpoint hashes in checkpoints/SHA256SUMS. stop_after_s: after that many seconds the engine is asked
-    to stop as on SIGINT (meta.json interrupted_by names the budget).
+    to stop as on SIGINT (meta.json interrupted_by names the budget). previous: a resumed run's meta.json before
+    this session, restored (with the failed attempt appended to its resumes) when the session fails before training.
     """
-    argv = fairseq_argv(recipe, run.path, data_dir, resume=resume, device=device, world_size=dist.world_size)
+    argv = fairseq_argv(recipe, run.path, data_dir, resume=resume, device=device, world_size=dist.world_size,
+                        restore=restore)
     cmd = engine_command("fairseq_cli.train", argv, dist)
     run.argv.write_text(shlex.join(cmd) + "\n")
     _remove_partial_checkpoints(run)
+    _reserve(run)
     extra = {**train_env_additions(recipe.train.cpu_threads, device), **verify_env(verified or {})}
     state = _State(graceful=True, distributed=dist.world_size > 1)
     handlers = _catch_stop_signals(state)
@@ -155,7 +171,18 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
         state.interrupts = max(state.interrupts, 1)
         if state.proc is not None:
             rc = state.proc.wait()
-    except BaseException:  # smx itself failed (disk full, ...): stop the engine, record it, re-raise
+    except OSError as e:  # smx could not write (disk full): stop the engine, record it, one line for the user
+        if e.errno not in NO_SPACE:
+            _release(run)
+            update_meta(run, status="failed", end=now(), exit_code=None)
+            raise
+        if state.proc is not None and state.proc.poll() is None:
+            kill_group(state.proc)
+        failure = _no_space_failure(run, state, e.filename)
+        update_meta(run, status="failed", end=now(), exit_code=None, failure=failure)
+        raise UserError(failure["message"]) from None
+    except BaseException:  # smx itself failed: stop the engine, record it, re-raise
+        _release(run)
         update_meta(run, status="failed", end=now(), exit_code=None)
         raise
     finally:
@@ -167,22 +194,80 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
             kill_group(state.proc)
         if run.checkpoints.is_dir():
             prune_checksums(run.checkpoints)
-    return _finish(run, state, rc)
+    return _finish(run, state, rc, previous)
 
 
-def _finish(run: RunDir, state: _State, rc: int | None) -> str:
+def _finish(run: RunDir, state: _State, rc: int | None, previous: dict | None = None) -> str:
+    _release(run)
     status = "interrupted" if state.interrupts else ("done" if rc == 0 else "failed")
     changes: dict[str, Any] = {}
     if state.nonfinite is not None and not state.interrupts:
         status = "failed"
         changes["failure"] = nonfinite_failure(state.nonfinite, state.saved, run)
+    elif status == "failed" and _out_of_space(run):
+        changes["failure"] = _no_space_failure(run, state, None)
     if state.interrupts:
         changes["interrupted_by"] = state.signal_name or "SIGINT"
+    if status == "failed" and not state.trained and (previous or {}).get("status") in KEPT_ON_FAILED_RESUME:
+        _keep_previous(run, previous, {"outcome": "failed", "end": now(), "exit_code": rc, **changes})
+        return status
     final = metrics.read(run.metrics) if run.metrics.is_file() else []
     summary = {k: v for k, v in (("train", metrics.last(final, "train")), ("valid", metrics.last(final, "valid"))) if v}
     update_meta(run, status=status, end=now(), exit_code=rc, **changes,
                 last={split: {"step": e["step"], "loss": e["loss"]} for split, e in summary.items()})
     return status
+
+
+# A resume that fails before training anything leaves these statuses (and the provenance) as they were.
+KEPT_ON_FAILED_RESUME = ("done", "interrupted", "failed")
+
+
+def _keep_previous(run: RunDir, previous: dict, outcome: dict) -> None:
+    """meta.json as before the session, plus the attempt (its resumes entry and how it ended) in resumes."""
+    attempt = ((read_meta(run).get("resumes") or [{}])[-1]) | outcome
+    write_meta(run, {**previous, "resumes": [*previous.get("resumes", []), attempt]})
+
+
+def _reserve(run: RunDir) -> None:
+    """Keep RESERVE_BYTES in the run directory while the engine runs (released for the final meta.json)."""
+    try:
+        with open(run.path / RESERVE_NAME, "wb") as f:
+            f.write(b"\0" * RESERVE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:  # already full: nothing to keep
+        (run.path / RESERVE_NAME).unlink(missing_ok=True)
+
+
+def _release(run: RunDir) -> None:
+    (run.path / RESERVE_NAME).unlink(missing_ok=True)
+
+
+def _out_of_space(run: RunDir) -> bool:
+    """The engine failed for want of space: its log says so, or the run's filesystem has (almost) nothing free."""
+    try:
+        with open(run.log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 20000))
+            tail = f.read().decode("utf-8", errors="replace")
+        if any(text in tail for text in _NO_SPACE_TEXT):
+            return True
+        st = os.statvfs(run.path)
+        return st.f_bavail * st.f_frsize < RESERVE_BYTES + (64 << 10)  # the reserve itself still holds its room
+    except OSError:
+        return False
+
+
+def _no_space_failure(run: RunDir, state: _State, where: str | None) -> dict:
+    """meta.json "failure" for a full disk; frees the partial checkpoint and the reserve first."""
+    _remove_partial_checkpoints(run)
+    _release(run)
+    kept = (f"the last good checkpoint is {run.last_checkpoint} (update {state.saved.updates})" if state.saved
+            else f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint.is_file()
+            else "no checkpoint had been saved")
+    message = (f"{where or run.path}: no space left on device: training stopped, {kept}; free space, then: "
+               f"smx train --resume {run.path}")
+    return {"reason": "no space", "path": str(where or run.path), "message": message,
+            "last_checkpoint_update": state.saved.updates if state.saved else None}
 
 
 def nonfinite_failure(bad: dict, saved: metrics.CheckpointEvent | None, run: RunDir) -> dict:
@@ -209,11 +294,12 @@ def nonfinite_failure(bad: dict, saved: metrics.CheckpointEvent | None, run: Run
 
 
 def train_worker(recipe: Recipe, run_path: Path, data_dir: Path, *, resume: bool, device: str,
-                 dist: Distributed) -> str:
+                 dist: Distributed, restore: str = "checkpoint_last.pt") -> str:
     """A node with --node-rank > 0: run its engine processes and write nothing. The rank-0 node creates the run
     directory and keeps its records (its engine ranks are the only ones that save); creating any of it here could
     make node 0, started later, refuse the directory as an existing run."""
-    argv = fairseq_argv(recipe, run_path, data_dir, resume=resume, device=device, world_size=dist.world_size)
+    argv = fairseq_argv(recipe, run_path, data_dir, resume=resume, device=device, world_size=dist.world_size,
+                        restore=restore)
     proc = subprocess.Popen(engine_command("fairseq_cli.train", argv, dist),
                             env=engine_environment(train_env_additions(recipe.train.cpu_threads, device)),
                             start_new_session=True, preexec_fn=die_with_parent())

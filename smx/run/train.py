@@ -20,13 +20,15 @@ from typing import Any, Callable
 from rich.console import Console
 
 from smx.engine import process
-from smx.run import session
+from smx.run import dataid, session
 from smx.run import paths as rundir
 from smx.run import lock as runlock
+from smx.run.writable import check_dir
 from smx.errors import UserError
 from smx.engine.process import Distributed
 from smx.recipe.recipes import Recipe, load, loads, to_dict
 import data_prep
+from data_prep.steps.indexed import read_sizes
 
 # Keys a resumed run may change (everything else would not match the checkpoint or the run's identity).
 RESUMABLE = ("train.*", "eval.*", "data.root", "data.dir")
@@ -57,8 +59,9 @@ class Plan:
     orig_text: str | None  # the recipe file as written (new runs)
     device: str  # cpu | cuda
     notes: tuple[str, ...]
-    checkpoint_sha256: str | None = None  # resume: the verified (or trusted) sha256 of checkpoint_last.pt
+    checkpoint_sha256: str | None = None  # resume: the verified (or trusted) sha256 of the checkpoint it restores
     finished: str | None = None  # resume of a done run with the same budget: nothing to do (this message says so)
+    restore: str | None = "checkpoint_last.pt"  # resume: the checkpoint restored; None: nothing saved, restart at 0
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -95,6 +98,7 @@ def _plan_resume(req: TrainRequest, notes: list[str]) -> tuple[Recipe, Path, str
     if not path.exists() and (req.runs_root / path).exists():
         path = req.runs_root / path
     run = rundir.check_resume(path)
+    check_dir(run.path, "--resume")
     runlock.Lock(run.lock).check_free()  # a second writer is refused before anything else is said about the run
     saved = loads(run.recipe.read_text(encoding="utf-8"), source=str(run.recipe))
     if req.recipe_path is not None:
@@ -163,7 +167,11 @@ def plan(req: TrainRequest) -> Plan:
         recipe = load(req.recipe_path, _overrides(req), estimator=req.estimator, notes=notes)
         orig = req.recipe_path.read_text(encoding="utf-8")
         path = req.run_dir if req.run_dir is not None else rundir.default_path(recipe, req.runs_root)
-        if req.dist.node_rank == 0:
+        check_dir(path, "run directory")
+        if req.dist.node_rank == 0 and rundir.never_trained(path):
+            runlock.Lock(rundir.RunDir(path).lock).check_free()
+            notes.append(f"run directory {path} was made but never trained (a failure at its start); making it again")
+        elif req.dist.node_rank == 0:
             rundir.check_new(path)
     device = process.resolve_device(recipe.train.device)
     if recipe.train.fp16 is True and device != "cuda":
@@ -171,10 +179,32 @@ def plan(req: TrainRequest) -> Plan:
     if recipe.data.dir is not None:
         check_data_dir(recipe.task, Path(recipe.data.dir))
     process.check_engine()
-    digest = None
-    if req.resume is not None:  # last: hashing a large checkpoint takes a moment
-        digest = rundir.verify_checkpoint(rundir.RunDir(path).last_checkpoint, req.trust_checkpoint, notes.append)
-    return Plan(recipe, path, req.resume is not None, orig, device, tuple(notes), digest, finished)
+    digest, restore = None, rundir.resume_point(rundir.RunDir(path)) if req.resume is not None else None
+    if req.resume is not None and restore is None:
+        notes.append(f"--resume {path}: the run stopped before its first checkpoint; training again from update 0 "
+                     "in the same directory")
+    elif req.resume is not None:  # last: hashing a large checkpoint takes a moment
+        if restore != "checkpoint_last.pt":
+            notes.append(f"--resume {path}: no checkpoint_last.pt; resuming from {restore}")
+        digest = rundir.verify_checkpoint(rundir.RunDir(path).checkpoints / restore, req.trust_checkpoint,
+                                          notes.append)
+    return Plan(recipe, path, req.resume is not None, orig, device, tuple(notes), digest, finished, restore)
+
+
+def check_batch_fits(recipe: Recipe, data: Path) -> None:
+    """Translation: train.max_tokens must hold the longest training pair (fairseq would stop at its first batch)."""
+    if recipe.task != "translation":
+        return  # language modeling: validated against data.tokens_per_sample (smx.recipe.rules)
+    src, tgt = dataid.translation_pair(data, "train", recipe)
+    longest = 0
+    for lang in (src, tgt):
+        idx = data / f"train.{src}-{tgt}.{lang}.idx"
+        if idx.is_file():
+            sizes = read_sizes(idx)  # (sentences,) tokens with EOS
+            longest = max(longest, int(sizes.max()) if sizes.size else 0)
+    if recipe.train.max_tokens < longest:
+        raise UserError(f"train.max_tokens: {recipe.train.max_tokens} is smaller than the longest training sentence "
+                        f"of {data} ({longest} tokens with EOS); use at least {longest}")
 
 
 def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = True, prepare: bool = True) -> Path:
@@ -191,6 +221,7 @@ def data_dir(recipe: Recipe, console: Console | None = None, progress: bool = Tr
         if not prepare:
             raise UserError(f"dataset {name} is not prepared under {root}: a worker node (--node-rank > 0) does not "
                             f"prepare data; run {command} first where every node sees it")
+        check_dir(root / name, "data.root")
         if console is not None:
             console.print(f"dataset {name} is not prepared under {root}: preparing it ({command})", highlight=False)
         try:
@@ -224,23 +255,51 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
         return "done"
     data = data_dir(p.recipe, console, progress=req.progress, prepare=req.dist.node_rank == 0)
     if req.dist.node_rank > 0:  # a worker node: the node-rank-0 launcher owns the run directory
-        return session.train_worker(p.recipe, p.run_path, data, resume=p.resume, device=p.device, dist=req.dist)
+        return session.train_worker(p.recipe, p.run_path, data, resume=p.resume and p.restore is not None,
+                                    restore=p.restore or "checkpoint_last.pt", device=p.device, dist=req.dist)
+    ident = dataid.identity(data)
+    for note in ident.notes:
+        warn(note)
+    if p.resume:
+        dataid.check(rundir.read_meta(rundir.RunDir(p.run_path)).get("data"), ident, f"--resume {p.run_path}")
+    check_batch_fits(p.recipe, data)
+    if not p.resume and rundir.never_trained(p.run_path):
+        rundir.clear_skeleton(p.run_path)
     run_dir = rundir.RunDir(p.run_path) if p.resume else rundir.create(p.run_path)
+    if not p.resume:
+        dataid.record_use(data, run_dir.path, ident.id)
     with runlock.Lock(run_dir.lock, warn=warn):
         verified = None
         if p.resume:  # a resume may have been started concurrently: re-check under the lock
             rundir.check_resume(run_dir.path)
-            digest = rundir.verify_checkpoint(run_dir.last_checkpoint, req.trust_checkpoint, lambda msg: None)
-            verified = {run_dir.last_checkpoint: digest}  # the engine checks it again right before unpickling
-        extra = {"device": p.device, "world_size": req.dist.world_size,
+            rundir.ensure_layout(run_dir)  # a directory made before a crash (disk full) may lack its subdirectories
+        if p.resume and p.restore is not None:
+            restored = run_dir.checkpoints / p.restore
+            verified = {restored: rundir.verify_checkpoint(restored, req.trust_checkpoint, lambda msg: None)}
+        elif p.resume:  # a restart from update 0: the dead session's metrics are logged again (train.log keeps them)
+            run_dir.metrics.unlink(missing_ok=True)
+        extra = {"device": p.device, "world_size": req.dist.world_size, "data": ident.to_meta(),
                  "engine_env": process.train_env_additions(p.recipe.train.cpu_threads, p.device)}
         info = {"checkpoint_sha256": p.checkpoint_sha256, "trusted": req.trust_checkpoint} if p.resume else None
+        previous = rundir.read_meta(run_dir) if p.resume else None
+        if p.resume and not previous.get("name"):
+            warn(f"{run_dir.meta}: missing or unreadable; rebuilt from recipe.yaml and train.log"
+                 + (" (the old file is kept as meta.json.unreadable)" if run_dir.meta.exists() else ""))
+            previous = None
         rundir.snapshot(run_dir, p.recipe, p.orig_text, req.argv, resumed=p.resume, extra=extra, resume_info=info)
         console.print(f"run directory: {run_dir.path}", highlight=False)
-        status = session.train(p.recipe, run_dir, data, resume=p.resume, device=p.device, dist=req.dist,
+        status = session.train(p.recipe, run_dir, data, resume=p.restore is not None and p.resume,
+                               restore=p.restore or "checkpoint_last.pt", device=p.device, dist=req.dist,
                               console=console, progress=req.progress, verified=verified,
-                              stop_after_s=None if req.stop_after_minutes is None else 60.0 * req.stop_after_minutes)
+                              stop_after_s=None if req.stop_after_minutes is None else 60.0 * req.stop_after_minutes,
+                              previous=previous)
     failure = rundir.read_meta(run_dir).get("failure") if status == "failed" else None
+    kept = rundir.read_meta(run_dir).get("status")
+    if status == "failed" and kept != "failed":
+        console.print(f"the resume failed before training any update; {run_dir.path} stays {kept} (the attempt is "
+                      "listed in meta.json resumes)", style="red", highlight=False, markup=False, soft_wrap=True)
+    if failure and failure.get("reason") == "no space":
+        raise UserError(failure["message"])  # the machine's state, not a training failure: one line, exit 2
     if failure and failure.get("message"):
         console.print(f"error: {failure['message']} (log: {run_dir.log})", style="red", highlight=False,
                       markup=False, soft_wrap=True)

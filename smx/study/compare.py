@@ -49,6 +49,7 @@ class RunData:
     ppl: dict | None = None
     protocol: str = "controlled"  # router.protocol of its recipe (runs from before protocols: controlled)
     settings: dict = field(default_factory=dict, repr=False)  # flattened resolved recipe, dotted keys
+    data_id: str | None = None  # meta.json data.id: the binarized data it trained on (smx.run.dataid)
 
     def curve(self, metric: str) -> list[tuple[int, float]]:
         """(update, value) for `metric` (e.g. valid_loss), sorted by update; the last record of an update wins."""
@@ -83,6 +84,17 @@ def parse_metric(metric: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
+def load_runs(paths: list[Path]) -> tuple[list[RunData], tuple[str, ...]]:
+    """(the runs that load, one line per run that does not): one unreadable run does not block a study."""
+    loaded, skipped = [], []
+    for p in paths:
+        try:
+            loaded.append(load_run(p))
+        except UserError as e:
+            skipped.append(str(e))
+    return loaded, tuple(skipped)
+
+
 def load_run(path: Path) -> RunData:
     """Load one run directory; UserError naming the file when it is not one."""
     rd = RunDir(path)
@@ -108,7 +120,8 @@ def load_run(path: Path) -> RunData:
         seed=int(seed) if isinstance(seed, (int, float)) else None,
         status=str(meta.get("status", "?")), records=tuple(metrics.read(rd.metrics)),
         bleu=rd.read_eval("bleu"), ppl=rd.read_eval("ppl"),
-        protocol=str(protocol), settings=flatten(recipe))
+        protocol=str(protocol), settings=flatten(recipe),
+        data_id=str(meta["data"]["id"]) if isinstance(meta.get("data"), dict) and meta["data"].get("id") else None)
 
 
 # Keys that name or seed a run rather than set how it trains; never listed as a difference between arms.
@@ -165,7 +178,7 @@ def discover(paths) -> list[Path]:
 
 
 def check_comparable(runs: list[RunData]) -> None:
-    """Refuse runs of different tasks, datasets or protocols with one line naming two runs that differ.
+    """Refuse runs of different tasks, datasets, data (re-prepared) or protocols with one line naming two that differ.
 
     Protocols are never pooled: a reference arm and a controlled arm differ in more than the estimator, so a
     speed-up between them would not be the estimator's; compare each protocol's runs on their own.
@@ -180,6 +193,12 @@ def check_comparable(runs: list[RunData]) -> None:
             if getattr(r, what) != getattr(first, what):
                 raise UserError(f"cannot compare runs of different {what}s: {first.path} "
                                 f"({what} {getattr(first, what)}) vs {r.path} ({what} {getattr(r, what)})")
+    ided = [r for r in runs if r.data_id]
+    for r in ided[1:]:
+        if r.data_id != ided[0].data_id:
+            raise UserError(f"cannot compare runs trained on different data: {ided[0].path} (data id "
+                            f"{ided[0].data_id[:12]}) vs {r.path} (data id {r.data_id[:12]}); the dataset was "
+                            "re-prepared between them (meta.json data)")
 
 
 # ------------------------------------------------------------------------------------------------------ summaries
@@ -312,10 +331,13 @@ def per_seed_values(rs: list[RunData], curves: dict, steps: dict) -> dict[str, d
 
 
 def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | None = "topk",
-              target: float | None = None, interpolate: bool = False, require_baseline: bool = False) -> Comparison:
-    """Aggregate runs per estimator: losses, BLEU, updates-to-target and speed-ups over the baseline."""
+              target: float | None = None, interpolate: bool = False, require_baseline: bool = False,
+              skipped: tuple[str, ...] = ()) -> Comparison:
+    """Aggregate runs per estimator: losses, BLEU, updates-to-target and speed-ups over the baseline.
+
+    skipped: one line per run directory that could not be read (listed in the notes)."""
     if not runs:
-        raise UserError("no runs to compare")
+        raise UserError("no runs to compare" + (f": every run was unreadable ({skipped[0]})" if skipped else ""))
     check_comparable(runs)
     parse_metric(metric)
     curves = {r.path: r.curve(metric) for r in runs}
@@ -324,7 +346,7 @@ def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | N
     by_est: dict[str, list[RunData]] = {}
     for r in sorted(runs, key=lambda r: (r.estimator, r.seed if r.seed is not None else -1, r.name)):
         by_est.setdefault(r.estimator, []).append(r)
-    notes: list[str] = []
+    notes: list[str] = [f"skipped {line}" for line in skipped]
     if baseline not in by_est:
         if require_baseline:
             raise UserError(f"--baseline {baseline!r}: no such estimator among the runs; have: {', '.join(by_est)}")

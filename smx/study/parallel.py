@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from smx.engine.contract import STOP_SIGNALS
-from smx.engine.process import is_main_thread
+from smx.engine.children import is_main_thread
 from smx.run.paths import RunDir
 from smx.study.sweep import Cell, SweepPlan, write_study
 from smx.recipe import recipes

@@ -22,6 +22,7 @@ from smx.run.paths import RunDir
 from smx.recipe import recipes
 from smx.run import paths as rundir
 from smx.run import train as training
+from smx.run.writable import check_dir
 
 STUDY_FILE = "study.json"
 
@@ -96,6 +97,7 @@ def plan_sweep(recipe_path: Path, estimators: list[str], seeds: list[int], overr
 def _check_study(study: Path, name: str, overrides: tuple[str, ...]) -> None:
     if study.exists() and not study.is_dir():
         raise UserError(f"--study-dir {study}: exists and is not a directory")
+    check_dir(study, "--study-dir")
     f = study / STUDY_FILE
     if not f.is_file():
         return

@@ -52,7 +52,11 @@ def test_eval_bleu_writes_scores_and_files(fake_run, fake_engine, capsys):
     assert second["argv"][second["argv"].index("--beam") + 1] == "1"
     argv = call["argv"]
     assert call["total"] == 8 and argv[1:5] == ["-P", "-m", "smx.engine.entry", "fairseq_cli.generate"]
-    assert argv[argv.index("--path") + 1] == str(fake_run / "checkpoints" / "checkpoint_best.pt")
+    pin = Path(argv[argv.index("--path") + 1])  # a hard link of the checked file (the run may still train)
+    assert pin.parent.parent == fake_run / "eval" and pin.parent.name.startswith(".pinned-")
+    assert pin.name.endswith("checkpoint_best.pt") and not pin.exists()  # removed after the evaluation
+    shown = json.loads((out / "bleu.json").read_text())["argv"]  # the run's file is what bleu.json names
+    assert shown[shown.index("--path") + 1] == str(fake_run / "checkpoints" / "checkpoint_best.pt")
     for flag, value in [("--beam", "5"), ("--lenpen", "1.0"), ("--gen-subset", "test"), ("--source-lang", "en"),
                         ("--target-lang", "de"), ("--required-batch-size-multiple", "1"), ("--max-tokens", "4096")]:
         assert argv[argv.index(flag) + 1] == value, flag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -151,3 +152,33 @@ def raw_keys(metrics_file: Path) -> list[tuple]:
 
 def sigkill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------- small filesystems
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str = "64m"):
+    """A tmpfs of `size` mounted at mnt (made if missing) for the block; fails saying what it needs."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                         text=True)
+    if res.returncode:
+        raise AssertionError(f"these tests mount a tmpfs ({res.stderr.strip()}): run them as root, as CI does, or "
+                             "where `mount -t tmpfs` is allowed")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(mnt: Path) -> Path:
+    """Fill the filesystem at mnt to the last byte with mnt/filler; returns the filler (delete it to free space)."""
+    filler = mnt / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    f.write(block)
+                except OSError:
+                    break
+    return filler

@@ -217,6 +217,12 @@ def cli_case(make: Callable[[dict[str, Path], Path], list[str]]) -> Setup:
     return lambda tmp, data: make(runs(tmp, data), tmp)
 
 
+def a_file(tmp: Path) -> Path:
+    """A plain file where a directory is expected."""
+    (tmp / "afile").write_text("a file, not a directory")
+    return tmp / "afile"
+
+
 def locked(run: Path, pid: int, host: str) -> Path:
     (run / "run.lock").write_text(json.dumps({"pid": pid, "host": host, "since": "then"}))
     return run
@@ -269,6 +275,21 @@ CLI_CASES: dict[str, tuple[Setup, str]] = {
     "train-into-existing-run": (cli_case(lambda r, t: ["train", str(TINY), "--run-dir", str(r["t"])]),
                                 "already exists; resume it with --resume"),
     "unknown-command": (lambda t, d: ["trian", str(TINY)], "No such command 'trian'"),
+    # a file where a directory is expected, a name over the filesystem's limit: refused before any work
+    "train-runs-root-is-file": (lambda t, d: ["train", str(TINY), "--runs-root", str(a_file(t)), "--no-progress"],
+                                "afile is a file, not a directory"),
+    "train-run-dir-under-file": (lambda t, d: ["train", str(TINY), "--run-dir", str(a_file(t) / "sub")],
+                                 "afile is a file, not a directory"),
+    "train-run-dir-name-too-long": (lambda t, d: ["train", str(TINY), "--run-dir", str(t / ("x" * 300))],
+                                    "over the filesystem's limit of 255"),
+    "prep-out-is-file": (lambda t, d: ["data", "prep", "synthetic-mt", "--out", str(a_file(t)), "--no-progress"],
+                         "afile is a file, not a directory"),
+    "compare-out-under-file": (cli_case(lambda r, t: ["compare", str(r["t"]), "--out", str(a_file(t) / "sub")]),
+                               "afile is a file, not a directory"),
+    "sweep-study-dir-under-file": (lambda t, d: ["sweep", str(TINY), "--estimators", "topk", "--study-dir",
+                                                 str(a_file(t) / "sub")], "afile is a file, not a directory"),
+    "diagnose-json-is-dir": (lambda t, d: ["diagnose", "gradients", "--json", str(t), "--force"],
+                             "is a directory, expected a file"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def test_resume_needs_checkpoint_and_same_model(cwd: Path, capsys):
     run_dir = cwd / "runs" / "r"
     run_dir.mkdir(parents=True)
     (run_dir / "recipe.yaml").write_text(Path(TINY).read_text())
-    assert run(["train", "--resume", str(run_dir)]) == 2
+    (run_dir / "meta.json").write_text(json.dumps({"name": "r", "status": "done"}))
+    assert run(["train", "--resume", str(run_dir)]) == 2  # done without a checkpoint: nothing to resume from
     assert "nothing to resume from (no checkpoints/checkpoint_last.pt)" in capsys.readouterr().err
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "checkpoint_last.pt").write_bytes(b"x")

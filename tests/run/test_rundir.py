@@ -43,10 +43,33 @@ def test_check_resume(tmp_path: Path):
     with pytest.raises(UserError, match="no recipe.yaml"):
         rundir.check_resume(run.path)
     run.recipe.write_text("x")
+    # no checkpoint: a run that stopped before its first save restarts in place; a done one has nothing to resume
+    assert rundir.check_resume(run.path) == run and rundir.resume_point(run) is None
+    run.meta.write_text(json.dumps({"name": "r", "status": "done"}))
     with pytest.raises(UserError, match="checkpoint_last.pt"):
         rundir.check_resume(run.path)
+    (run.checkpoints / "checkpoint_best.pt").write_bytes(b"x")
+    assert rundir.check_resume(run.path) == run and rundir.resume_point(run) == "checkpoint_best.pt"
     run.last_checkpoint.write_bytes(b"x")
-    assert rundir.check_resume(run.path) == run
+    assert rundir.check_resume(run.path) == run and rundir.resume_point(run) == "checkpoint_last.pt"
+
+
+def test_never_trained_directories_are_made_again(tmp_path: Path):
+    run = rundir.create(tmp_path / "r")
+    run.recipe.write_text("x")
+    (run.path / "train.log").write_text("# smx 2026-01-01T00:00:00+00:00: python -m fairseq_cli.train\n")
+    assert rundir.never_trained(run.path)
+    rundir.clear_skeleton(run.path)
+    assert not run.path.exists()
+    run = rundir.create(tmp_path / "r")
+    (run.path / "train.log").write_text("# smx x: y\n2026-01-01 | INFO | fairseq_cli.train | model\n")
+    assert not rundir.never_trained(run.path)  # the engine started: a resume, never a re-create
+    (run.path / "train.log").unlink()
+    (run.checkpoints / "checkpoint_best.pt").write_bytes(b"x")
+    assert not rundir.never_trained(run.path)
+    (run.checkpoints / "checkpoint_best.pt").unlink()
+    (run.path / "notes.txt").write_text("mine")
+    assert not rundir.never_trained(run.path)  # anything smx did not write keeps the directory
 
 
 def test_lock_refuses_second_writer(tmp_path: Path):
