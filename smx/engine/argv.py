@@ -76,6 +76,8 @@ def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resu
     a += ["--moe-output-scale"] if moe.output_scale else []
     a += ["--moe-router-bias"] if moe.router_bias else []
     a += ["--moe-input-jitter", _num(moe.input_jitter), "--moe-balance-source", moe.balance_source]
+    a += ["--moe-shared-experts", str(moe.shared_experts)] if moe.shared_experts else []
+    a += ["--moe-expert-ffn-dim", str(moe.expert_ffn_dim)] if moe.expert_ffn_dim is not None else []
 
     a += ["--criterion", engine.TRANSLATION_CRITERION if tr else engine.LM_CRITERION]
     if tr:

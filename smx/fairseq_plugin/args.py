@@ -45,6 +45,9 @@ class MoEArgs(FairseqDataclass):
     moe_input_jitter: float = field(
         default=0.0, metadata={"help": "multiplicative U(1-eps, 1+eps) jitter on the router input (training)"}
     )
+    moe_shared_experts: int = field(default=0, metadata={"help": "always-on experts added to every token (DeepSeekMoE)"})
+    moe_expert_ffn_dim: Optional[int] = field(
+        default=None, metadata={"help": "hidden size of routed and shared experts (default: the model's FFN size)"})
     moe_balance_source: BalanceSource = field(
         default="routed", metadata={"help": "balance-loss inputs: router softmax + routed experts, or the "
                                             "estimator's reference code's (masked softmax, deterministic top-k)"}
@@ -117,6 +120,8 @@ def moe_config(args) -> MoEConfig:
         router_bias=bool(args.moe_router_bias),
         input_jitter=float(args.moe_input_jitter),
         balance_source=str(getattr(args, "moe_balance_source", "routed")),
+        shared_experts=int(getattr(args, "moe_shared_experts", 0) or 0),
+        expert_ffn_dim=None if getattr(args, "moe_expert_ffn_dim", None) is None else int(args.moe_expert_ffn_dim),
         activation=activation,
         activation_dropout=activation_dropout,
     )

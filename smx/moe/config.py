@@ -46,6 +46,8 @@ class MoEConfig:
     activation: str = "relu"
     activation_dropout: float = 0.0
     balance_source: str = "routed"  # BALANCE_SOURCES: which probabilities and experts the balance loss uses
+    shared_experts: int = 0  # always-on experts added to every token's routed output (DeepSeekMoE)
+    expert_ffn_dim: int | None = None  # hidden size of routed and shared experts; None: the model's FFN size
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_experts) or self.num_experts < 1:
@@ -75,5 +77,9 @@ class MoEConfig:
         if self.balance_source not in BALANCE_SOURCES:
             raise ValueError(f"moe.balance_source must be one of {', '.join(BALANCE_SOURCES)}; "
                              f"got {self.balance_source!r}")
+        if not _is_int(self.shared_experts) or self.shared_experts < 0:
+            raise ValueError(f"moe.shared_experts must be an integer >= 0; got {self.shared_experts!r}")
+        if self.expert_ffn_dim is not None and (not _is_int(self.expert_ffn_dim) or self.expert_ffn_dim < 1):
+            raise ValueError(f"moe.expert_ffn_dim must be an integer >= 1 or null; got {self.expert_ffn_dim!r}")
         if not _is_number(self.activation_dropout) or not 0 <= self.activation_dropout < 1:
             raise ValueError(f"moe.activation_dropout must be a number in [0, 1); got {self.activation_dropout!r}")

@@ -4,7 +4,8 @@ Per call: drop padding tokens, route them in float32 (Router), let the estimator
 dispatch by index to the experts (FFNs with stacked weights), combine gate x expert output, then add the estimator's
 extra terms: dense estimators get sum_i dense_weight_i E_i(x) over every expert, Default MoE gets
 default_weight @ default_vectors (an EMA of each expert's mean output, updated before use in training, frozen in
-evaluation). The balance loss takes the router softmax and the routed experts, or with balance_source "reference"
+evaluation). Shared experts (DeepSeekMoE) are added ungated for every token: y = omega * routed + sum_s S_s(x);
+routed and shared experts have hidden size expert_ffn_dim (fine-grained experts), else the model's FFN size. The balance loss takes the router softmax and the routed experts, or with balance_source "reference"
 what the estimator's reference code uses (Estimator.balance_inputs). Training uses
 capacity_factor, evaluation eval_capacity_factor (None = dropless); `self.training` also selects the estimator's
 training or (deterministic) evaluation routing.
@@ -59,6 +60,27 @@ def ema_update(vectors: Tensor, initialized: Tensor, sums: Tensor, counts: Tenso
     initialized.logical_or_(seen)
 
 
+class SharedExperts(nn.Module):
+    """S always-on experts (DeepSeekMoE's shared experts): x (T, d) -> sum_s FFN_s(x) (T, d) float32, no gate."""
+
+    def __init__(self, count: int, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(count, d_model, d_ff))  # (S, d, d_ff)
+        self.b1 = nn.Parameter(torch.empty(count, d_ff))  # (S, d_ff)
+        self.w2 = nn.Parameter(torch.empty(count, d_ff, d_model))  # (S, d_ff, d)
+        self.b2 = nn.Parameter(torch.empty(count, d_model))  # (S, d)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            bound1, bound2 = 1 / math.sqrt(self.w1.shape[1]), 1 / math.sqrt(self.w1.shape[2])
+            for p, bound in ((self.w1, bound1), (self.b1, bound1), (self.w2, bound2), (self.b2, bound2)):
+                p.uniform_(-bound, bound)
+
+    def forward(self, x: Tensor, activation: str, activation_dropout: float, training: bool) -> Tensor:
+        out = all_experts(x, self.w1, self.b1, self.w2, self.b2, activation, activation_dropout, training)  # (T,S,d)
+        return out.float().sum(dim=1)  # (T, d)
+
+
 class MoEFeedForward(nn.Module):
     """forward(x (..., d_model), padding_mask (...,) bool True = pad, generator) -> MoEOutput.
 
@@ -80,13 +102,15 @@ class MoEFeedForward(nn.Module):
         self.config = config
         self.estimator = estimator
         self.expert_backend = "auto"  # smx.moe.dispatch.BACKENDS: how the experts run (same values, speed only)
-        self.d_model, self.d_ff = d_model, d_ff
-        num_experts = config.num_experts
+        self.d_model = d_model
+        self.d_ff = config.expert_ffn_dim or d_ff  # each expert's hidden size
+        num_experts, d_ff = config.num_experts, self.d_ff
         self.router = Router(d_model, num_experts, bias=config.router_bias, input_jitter=config.input_jitter)
         self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))  # (E, d, d_ff)
         self.b1 = nn.Parameter(torch.empty(num_experts, d_ff))  # (E, d_ff)
         self.w2 = nn.Parameter(torch.empty(num_experts, d_ff, d_model))  # (E, d_ff, d)
         self.b2 = nn.Parameter(torch.empty(num_experts, d_model))  # (E, d)
+        self.shared = SharedExperts(config.shared_experts, d_model, d_ff) if config.shared_experts else None
         self.omega = nn.Parameter(torch.ones(d_model)) if config.output_scale else None  # (d,)
         if estimator.uses_default_vectors:
             self.register_buffer("default_vectors", torch.zeros(num_experts, d_model, dtype=torch.float32))
@@ -104,12 +128,15 @@ class MoEFeedForward(nn.Module):
             self.b1.uniform_(-bound1, bound1)
             self.w2.uniform_(-bound2, bound2)
             self.b2.uniform_(-bound2, bound2)
+        if self.shared is not None:
+            self.shared.reset_parameters()
 
     def extra_repr(self) -> str:
         c = self.config
         return (f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={c.num_experts}, k={c.k}, "
                 f"estimator={self.estimator.name!r}, capacity_factor={c.capacity_factor}, "
-                f"eval_capacity_factor={c.eval_capacity_factor}, drop_policy={c.drop_policy!r}")
+                f"eval_capacity_factor={c.eval_capacity_factor}, drop_policy={c.drop_policy!r}, "
+                f"shared_experts={c.shared_experts}")
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None,
                 generator: torch.Generator | None = None) -> MoEOutput:
@@ -158,6 +185,8 @@ class MoEFeedForward(nn.Module):
             y = y + routing.default_weight.float() @ self.default_vectors.detach().float()  # (T, d)
         if self.omega is not None:
             y = y * self.omega.float()
+        if self.shared is not None:
+            y = y + self.shared(expert_in, c.activation, c.activation_dropout, self.training)  # (T, d)
         balance_probs, balance_index = routing.probs, routing.expert_index
         if c.balance_source == "reference":
             balance_probs, balance_index = est.balance_inputs(logits, routing, c.k)

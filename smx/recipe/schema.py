@@ -102,9 +102,14 @@ class MoESection:
     # for the SparseMixer v1 family, f from the deterministic top-k for GRIN)
     balance_source: Literal["routed", "reference"] = "routed"
     zloss_weight: float = 0.0  # loss += zloss_weight * router z-loss
+    shared_experts: int = 0  # always-on experts added to every token's output (DeepSeekMoE)
+    expert_ffn_dim: int | None = None  # routed and shared experts' hidden size (fine-grained); null: model.ffn_dim
 
     def __post_init__(self) -> None:
         p: list[tuple[str, str]] = []
+        _positive(p, "shared_experts", self.shared_experts, allow_zero=True)
+        if self.expert_ffn_dim is not None:
+            _positive(p, "expert_ffn_dim", self.expert_ffn_dim)
         if self.num_experts < 1:
             p.append(("num_experts", f"{self.num_experts} must be >= 1"))
         if self.k < 1:

@@ -87,6 +87,19 @@ def test_lm_argv():
     assert "--share-decoder-input-output-embed" in a and pairs["--moe-k"] == "2"
 
 
+def test_shared_and_fine_grained_experts_reach_the_argv_only_when_set():
+    plain = launch.fairseq_argv(recipes.load(REPO / "recipes/tiny.yaml"), Path("R"), Path("D"), resume=False,
+                                device="cpu")
+    assert "--moe-shared-experts" not in plain and "--moe-expert-ffn-dim" not in plain
+    recipe = recipes.load(REPO / "recipes/tiny.yaml", ["moe.shared_experts=2", "moe.expert_ffn_dim=32"])
+    a = launch.fairseq_argv(recipe, Path("R"), Path("D"), resume=False, device="cpu")
+    pairs = dict(zip(a, a[1:]))
+    assert pairs["--moe-shared-experts"] == "2" and pairs["--moe-expert-ffn-dim"] == "32"
+    for bad, key in (("moe.shared_experts=-1", "moe.shared_experts"), ("moe.expert_ffn_dim=0", "moe.expert_ffn_dim")):
+        with pytest.raises(ValueError, match=key):
+            recipes.load(REPO / "recipes/tiny.yaml", [bad])
+
+
 def test_engine_command_single_and_torchrun():
     single = process.engine_command("fairseq_cli.train", ["D", "--cpu"], process.Distributed(), python="PY")
     assert single == ["PY", "-P", "-m", "smx.engine.entry", "fairseq_cli.train", "D", "--cpu"]

@@ -115,6 +115,14 @@ def test_every_flag_reaches_the_moe_config(dict_dir):
         assert layer.fc1.moe.omega is not None and layer.fc1.moe.router.proj.bias is not None
 
 
+def test_shared_and_fine_grained_expert_flags_reach_the_layer(dict_dir):
+    _, model, _ = h.build(h.mt_argv(dict_dir, "--moe-num-experts", "4", "--moe-k", "2", "--moe-estimator", "topk",
+                                    "--moe-shared-experts", "2", "--moe-expert-ffn-dim", "8"))
+    moe = model.encoder.layers[0].fc1.moe
+    assert (moe.config.shared_experts, moe.config.expert_ffn_dim) == (2, 8)
+    assert moe.w1.shape[-1] == 8 and moe.shared.w1.shape[0] == 2 and moe.shared.w1.shape[-1] == 8
+
+
 def test_lm_flags_reach_the_moe_config(dict_dir):
     _, model, _ = h.build(h.lm_argv(
         dict_dir, "--moe-num-experts", "4", "--moe-k", "2", "--moe-estimator", "sparsemixer_v2",
