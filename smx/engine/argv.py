@@ -78,6 +78,9 @@ def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resu
     a += ["--moe-input-jitter", _num(moe.input_jitter), "--moe-balance-source", moe.balance_source]
     a += ["--moe-shared-experts", str(moe.shared_experts)] if moe.shared_experts else []
     a += ["--moe-expert-ffn-dim", str(moe.expert_ffn_dim)] if moe.expert_ffn_dim is not None else []
+    a += ["--moe-score", moe.score] if moe.score != "softmax" else []
+    a += ["--moe-balance", moe.balance, "--moe-bias-update-rate", _num(moe.bias_update_rate)] \
+        if moe.balance != "loss" else []
 
     a += ["--criterion", engine.TRANSLATION_CRITERION if tr else engine.LM_CRITERION]
     if tr:

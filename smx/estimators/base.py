@@ -1,6 +1,8 @@
 """The estimator interface (DESIGN.md section 3) and the pure math the estimators share.
 
-An estimator maps router logits to a Routing. Its router gradient reaches the logits through ordinary autograd on
+An estimator maps router logits to a Routing. Those whose selection is a top-k of the scores (`top_k_selection`)
+also take a selection bias (loss-free balancing: experts chosen by top-k of s + b, gates from s), and those listing
+"sigmoid" in `scores` take sigmoid scores (DeepSeek-V3: s = sigmoid(z), gates renormalized over the k when k > 1). Its router gradient reaches the logits through ordinary autograd on
 the tensors it returns: `gate` (multiplies the chosen experts' outputs), and for the estimators that need them
 `dense_weight` (multiplies every expert's output; forward value 0) or `default_weight` (multiplies per-expert
 default vectors kept by the layer).
@@ -37,9 +39,18 @@ class Estimator:
     uses_default_vectors: ClassVar[bool] = False  # True: the layer keeps EMA default vectors (Routing.default_weight)
     max_k: ClassVar[int | None] = None  # None: any k up to the number of experts
     masked_sampling: ClassVar[bool] = False  # True: the SparseMixer family (jitter_eps is the mask's band)
+    scores: ClassVar[tuple[str, ...]] = ("softmax",)  # SCORES it is defined on (moe.score)
+    top_k_selection: ClassVar[bool] = False  # True: experts = top-k of the scores (+ a loss-free selection bias)
 
-    def validate(self, k: int, num_experts: int) -> None:
-        """Raise ValueError when this estimator cannot route with top-k over num_experts experts."""
+    def validate(self, k: int, num_experts: int, score: str = "softmax", balance: str = "loss") -> None:
+        """Raise ValueError when this estimator cannot route with top-k over num_experts experts, with `score`
+        (softmax | sigmoid) and `balance` (loss | loss_free)."""
+        if score not in self.scores:
+            raise ValueError(f"moe.score={score}: estimator {self.name!r} is defined on the softmax over the experts "
+                             "(its gradient rule and its gates are); use moe.score=softmax")
+        if balance == "loss_free" and not self.top_k_selection:
+            raise ValueError(f"moe.balance=loss_free biases a top-k selection, but estimator {self.name!r} does not "
+                             "choose its experts by a top-k of the scores")
         if not 1 <= k <= num_experts:
             raise ValueError(f"moe.k={k} must be between 1 and moe.num_experts={num_experts}")
         if self.max_k is not None and k > self.max_k:
@@ -65,7 +76,9 @@ class Estimator:
     def options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def __call__(self, logits: Tensor, k: int, training: bool, generator: torch.Generator | None = None) -> Routing:
+    def __call__(self, logits: Tensor, k: int, training: bool, generator: torch.Generator | None = None, *,
+                 score: str = "softmax", bias: Tensor | None = None) -> Routing:
+        """score / bias: only for the estimators that take them (validate() refuses the others)."""
         raise NotImplementedError
 
 
@@ -115,6 +128,22 @@ def sample_masked(logits: Tensor, keep: Tensor, generator: torch.Generator | Non
     """Gumbel-max sample of one expert per token from softmax over the kept experts. (tokens, 1) int64."""
     noisy = logits.detach().masked_fill(~keep, float("-inf")) + gumbel(logits.shape, logits, generator)
     return noisy.argmax(dim=-1, keepdim=True)
+
+
+def scores_of(z: Tensor, score: str) -> tuple[Tensor, Tensor]:
+    """(s, probs): s = softmax(z) or sigmoid(z), the gating scores (tokens, E); probs the distribution the balance
+    loss and statistics use: s itself for softmax, s / sum_e s_e for sigmoid (DeepSeek-V3's normalized affinities)."""
+    if score == "sigmoid":
+        s = torch.sigmoid(z)
+        return s, s / s.sum(dim=-1, keepdim=True)
+    s = torch.softmax(z, dim=-1)
+    return s, s
+
+
+def select_top_k(s: Tensor, k: int, bias: Tensor | None) -> Tensor:
+    """Indices (tokens, k) of the top-k of s (+ bias (E,), which only selects: loss-free balancing)."""
+    key = s.detach() if bias is None else s.detach() + bias.to(s.dtype)
+    return key.topk(k, dim=-1).indices
 
 
 def one_hot_mask(index: Tensor, num_experts: int) -> Tensor:

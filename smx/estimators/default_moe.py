@@ -28,14 +28,16 @@ class DefaultMoE(TopK):
     beta: float = 0.9
     name: ClassVar[str] = "default_moe"
     uses_default_vectors: ClassVar[bool] = True
+    scores: ClassVar[tuple[str, ...]] = ("softmax",)  # its default weights are the softmax of the unselected
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.beta, (int, float)) and 0 <= self.beta < 1):
             raise ValueError(f"beta must be in [0, 1) for estimator {self.name!r}; got {self.beta!r}")
 
-    def __call__(self, logits: Tensor, k: int = 1, training: bool = True, generator=None) -> Routing:
-        routing = super().__call__(logits, k, training, generator)
+    def __call__(self, logits: Tensor, k: int = 1, training: bool = True, generator=None, *,
+                 score: str = "softmax", bias: Tensor | None = None) -> Routing:
+        routing = super().__call__(logits, k, training, generator, score=score, bias=bias)
         selected = one_hot_mask(routing.expert_index, logits.shape[-1])  # (tokens, E)
         default_weight = routing.probs.masked_fill(selected, 0.0)  # (tokens, E)
         return Routing(routing.expert_index, routing.gate, routing.probs, default_weight=default_weight)

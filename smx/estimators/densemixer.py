@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from smx.estimators.base import Estimator, Routing, one_hot_mask
+from smx.estimators.base import Estimator, Routing, one_hot_mask, select_top_k
 
 
 def dense_weights(probs: Tensor, index: Tensor, normalize: bool) -> Tensor:
@@ -40,15 +40,17 @@ class DenseMixer(Estimator):
     normalize: bool = False
     name: ClassVar[str] = "densemixer"
     dense: ClassVar[bool] = True
+    top_k_selection: ClassVar[bool] = True  # D = top-k of p (+ the loss-free bias)
 
     def __post_init__(self) -> None:
         if not isinstance(self.normalize, bool):
             raise ValueError(f"normalize must be true or false for estimator {self.name!r}; got {self.normalize!r}")
 
-    def __call__(self, logits: Tensor, k: int = 1, training: bool = True, generator=None) -> Routing:
+    def __call__(self, logits: Tensor, k: int = 1, training: bool = True, generator=None, *,
+                 score: str = "softmax", bias: Tensor | None = None) -> Routing:
         z = logits.float()  # (tokens, E)
         probs = torch.softmax(z, dim=-1)  # (tokens, E)
-        index = probs.detach().topk(k, dim=-1).indices  # (tokens, k)
+        index = select_top_k(probs, k, bias)  # (tokens, k)
         w = dense_weights(probs, index, self.normalize)  # (tokens, E)
         gate = w.gather(1, index)  # (tokens, k)
         if not training:

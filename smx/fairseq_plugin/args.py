@@ -48,6 +48,10 @@ class MoEArgs(FairseqDataclass):
     moe_shared_experts: int = field(default=0, metadata={"help": "always-on experts added to every token (DeepSeekMoE)"})
     moe_expert_ffn_dim: Optional[int] = field(
         default=None, metadata={"help": "hidden size of routed and shared experts (default: the model's FFN size)"})
+    moe_score: str = field(default="softmax", metadata={"help": "router gating scores: softmax | sigmoid"})
+    moe_balance: str = field(default="loss", metadata={"help": "loss (auxiliary balance loss) | loss_free (selection "
+                                                                 "bias updated after every update)"})
+    moe_bias_update_rate: float = field(default=1e-3, metadata={"help": "loss_free: the bias update rate u"})
     moe_balance_source: BalanceSource = field(
         default="routed", metadata={"help": "balance-loss inputs: router softmax + routed experts, or the "
                                             "estimator's reference code's (masked softmax, deterministic top-k)"}
@@ -121,6 +125,9 @@ def moe_config(args) -> MoEConfig:
         input_jitter=float(args.moe_input_jitter),
         balance_source=str(getattr(args, "moe_balance_source", "routed")),
         shared_experts=int(getattr(args, "moe_shared_experts", 0) or 0),
+        score=str(getattr(args, "moe_score", "softmax")),
+        balance=str(getattr(args, "moe_balance", "loss")),
+        bias_update_rate=float(getattr(args, "moe_bias_update_rate", 1e-3)),
         expert_ffn_dim=None if getattr(args, "moe_expert_ffn_dim", None) is None else int(args.moe_expert_ffn_dim),
         activation=activation,
         activation_dropout=activation_dropout,

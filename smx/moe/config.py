@@ -14,6 +14,8 @@ from typing import Any
 DROP_POLICIES = ("position", "probability")
 BALANCE_SOURCES = ("routed", "reference")  # router softmax + routed experts | the estimator's reference inputs
 ACTIVATIONS = ("relu", "gelu")
+SCORES = ("softmax", "sigmoid")  # the router's gating scores
+BALANCES = ("loss", "loss_free")  # an auxiliary balance loss | loss-free balancing by a selection bias
 
 
 def _is_int(value: Any) -> bool:
@@ -48,6 +50,9 @@ class MoEConfig:
     balance_source: str = "routed"  # BALANCE_SOURCES: which probabilities and experts the balance loss uses
     shared_experts: int = 0  # always-on experts added to every token's routed output (DeepSeekMoE)
     expert_ffn_dim: int | None = None  # hidden size of routed and shared experts; None: the model's FFN size
+    score: str = "softmax"  # SCORES
+    balance: str = "loss"  # BALANCES; loss_free: the layer keeps a selection bias b, updated after every update
+    bias_update_rate: float = 1e-3  # loss_free: u in b_i <- b_i + u * sign(mean(c) - c_i)
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_experts) or self.num_experts < 1:
@@ -77,6 +82,12 @@ class MoEConfig:
         if self.balance_source not in BALANCE_SOURCES:
             raise ValueError(f"moe.balance_source must be one of {', '.join(BALANCE_SOURCES)}; "
                              f"got {self.balance_source!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"moe.score must be one of {', '.join(SCORES)}; got {self.score!r}")
+        if self.balance not in BALANCES:
+            raise ValueError(f"moe.balance must be one of {', '.join(BALANCES)}; got {self.balance!r}")
+        if not _is_number(self.bias_update_rate) or self.bias_update_rate <= 0:
+            raise ValueError(f"moe.bias_update_rate must be a number > 0; got {self.bias_update_rate!r}")
         if not _is_int(self.shared_experts) or self.shared_experts < 0:
             raise ValueError(f"moe.shared_experts must be an integer >= 0; got {self.shared_experts!r}")
         if self.expert_ffn_dim is not None and (not _is_int(self.expert_ffn_dim) or self.expert_ffn_dim < 1):

@@ -43,7 +43,7 @@ def build_estimator(config: MoEConfig) -> Estimator:
     except (TypeError, ValueError) as err:  # unknown name, unknown option, bad option value
         key = "moe.estimator_options" if config.estimator in estimators.names() else "moe.estimator"
         raise ValueError(f"{key}: {err}") from err
-    est.validate(config.k, config.num_experts)  # its messages name moe.k (e.g. a constant top-1 gate)
+    est.validate(config.k, config.num_experts, config.score, config.balance)  # messages name moe.k / score / balance
     return est
 
 
@@ -58,6 +58,11 @@ def ema_update(vectors: Tensor, initialized: Tensor, sums: Tensor, counts: Tenso
     blended = torch.where(initialized.unsqueeze(1), beta * vectors + (1 - beta) * mean, mean)  # (E, d)
     vectors.copy_(torch.where(seen.unsqueeze(1), blended, vectors))
     initialized.logical_or_(seen)
+
+
+def loss_free_step(counts: Tensor, rate: float) -> Tensor:
+    """u * sign(mean(c) - c): the loss-free balancing bias update from one update's expert counts (E,)."""
+    return rate * torch.sign(counts.mean() - counts)
 
 
 class SharedExperts(nn.Module):
@@ -98,7 +103,7 @@ class MoEFeedForward(nn.Module):
         if estimator is None:
             estimator = build_estimator(config)
         else:
-            estimator.validate(config.k, config.num_experts)
+            estimator.validate(config.k, config.num_experts, config.score, config.balance)
         self.config = config
         self.estimator = estimator
         self.expert_backend = "auto"  # smx.moe.dispatch.BACKENDS: how the experts run (same values, speed only)
@@ -118,6 +123,12 @@ class MoEFeedForward(nn.Module):
         else:
             self.default_vectors = None
             self.default_initialized = None
+        if config.balance == "loss_free":  # all in checkpoints, so that a resumed run selects as an uninterrupted one
+            self.register_buffer("selection_bias", torch.zeros(num_experts, dtype=torch.float32))  # (E,) b
+            self.register_buffer("pending_counts", torch.zeros(num_experts, dtype=torch.long))  # (E,) c so far
+            self.register_buffer("counted_update", torch.tensor(-1, dtype=torch.long))  # update c belongs to
+        else:
+            self.selection_bias = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -161,7 +172,11 @@ class MoEFeedForward(nn.Module):
         c, est = self.config, self.estimator
         num_tokens = tokens.shape[0]
         logits = self.router(tokens, generator)  # (T, E) float32
-        routing: Routing = est(logits, k=c.k, training=self.training, generator=generator)
+        extra = {} if c.score == "softmax" and self.selection_bias is None else \
+            {"score": c.score, "bias": None if self.selection_bias is None else self.selection_bias.detach()}
+        routing: Routing = est(logits, k=c.k, training=self.training, generator=generator, **extra)
+        if self.selection_bias is not None and self.training:
+            self.pending_counts += expert_counts(routing.expert_index.reshape(-1), c.num_experts).long()
         factor = c.capacity_factor if self.training else c.eval_capacity_factor
         capacity = expert_capacity(num_tokens, c.num_experts, c.k, factor)
         priority = None
@@ -194,6 +209,22 @@ class MoEFeedForward(nn.Module):
         zl = z_loss(logits)
         stats = routing_stats(routing.probs, routing.expert_index, plan.kept)
         return y, balance, zl, stats
+
+    @torch.no_grad()
+    def set_num_updates(self, num_updates: int) -> None:
+        """fairseq calls this before every micro-batch with the update it belongs to (FairseqTask.train_step). When a
+        new update starts, the expert counts c of the previous one (all its micro-batches, every rank) move the
+        loss-free selection bias: b_i <- b_i + u * sign(mean(c) - c_i) (Wang et al. 2024, Algorithm 1)."""
+        if self.selection_bias is None or int(self.counted_update) == num_updates:
+            return
+        counts = self.pending_counts.clone()  # (E,) int64: never cast by .half(), never overflows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        if counts.sum() > 0:
+            step = loss_free_step(counts.double(), self.config.bias_update_rate)  # (E,)
+            self.selection_bias.copy_(self.selection_bias.double() + step)
+        self.pending_counts.zero_()
+        self.counted_update.fill_(num_updates)
 
     @torch.no_grad()
     def _update_default_vectors(self, expert_out: Tensor, plan: DispatchPlan) -> None:

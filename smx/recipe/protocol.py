@@ -120,6 +120,13 @@ def resolve(router: Any, moe: Any) -> tuple[Any, Any, list[str]]:
     return replace(router, options=dict(ref.options)), replace(moe, **changes), notes
 
 
+# The frameworks differ (torchtitan mean-centres the update, KempnerForge adds b inside the sigmoid): smx implements
+# the paper's rule, and says so in meta.json.
+LOSS_FREE_VARIANT = ("Wang et al. 2024 (arXiv 2408.15664) Algorithm 1: experts = top-k of s + b, gates from s, "
+                     "b_i += u * sign(mean(c) - c_i) after each update, c the expert counts of all its micro-batches "
+                     "and ranks; b not centred, no gradient through b")
+
+
 def arm_settings(recipe: Any) -> dict:
     """The resolved settings that make one arm (meta.json "arm"): protocol, estimator and every ARM_KEYS value."""
     out: dict[str, Any] = {"protocol": recipe.router.protocol, "estimator": recipe.router.estimator}
@@ -127,6 +134,13 @@ def arm_settings(recipe: Any) -> dict:
         value = getattr(getattr(recipe, sec), key)
         out[f"{sec}.{key}"] = dict(value) if isinstance(value, dict) else value
     out["moe.balance_weight"] = recipe.moe.balance_weight
+    m = recipe.moe
+    if (m.score, m.balance, m.shared_experts, m.expert_ffn_dim) != ("softmax", "loss", 0, None):
+        out.update({"moe.score": m.score, "moe.balance": m.balance, "moe.shared_experts": m.shared_experts,
+                    "moe.expert_ffn_dim": m.expert_ffn_dim})
+    if m.balance == "loss_free":
+        out["moe.bias_update_rate"] = m.bias_update_rate
+        out["loss_free_variant"] = LOSS_FREE_VARIANT
     if recipe.router.protocol == "reference":
         ref = reference_for(recipe.router.estimator, recipe.moe.k)
         out["reference"] = ref.source

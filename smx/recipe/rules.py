@@ -58,9 +58,14 @@ def _estimator_problems(router: RouterConfig, moe: MoESection | None) -> list[st
     if moe is None:
         return []
     try:
-        est.validate(moe.k, moe.num_experts)
+        est.validate(moe.k, moe.num_experts, moe.score, moe.balance)
     except ValueError as e:  # e.g. a constant gate (topk normalize at k=1, the masked family at jitter_eps 0)
-        return [f"router.estimator: {e}"]
+        able = []
+        if moe.score not in est.scores:
+            able = [n for n, cls in estimators.REGISTRY.items() if moe.score in cls.scores]
+        elif moe.balance == "loss_free" and not est.top_k_selection:
+            able = [n for n, cls in estimators.REGISTRY.items() if cls.top_k_selection]
+        return [f"router.estimator: {e}" + (f" (these take it: {', '.join(able)})" if able else "")]
     return []
 
 

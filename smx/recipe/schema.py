@@ -104,6 +104,11 @@ class MoESection:
     zloss_weight: float = 0.0  # loss += zloss_weight * router z-loss
     shared_experts: int = 0  # always-on experts added to every token's output (DeepSeekMoE)
     expert_ffn_dim: int | None = None  # routed and shared experts' hidden size (fine-grained); null: model.ffn_dim
+    score: Literal["softmax", "sigmoid"] = "softmax"  # router gating scores (sigmoid: DeepSeek-V3, k > 1 renormalized)
+    # loss: the auxiliary balance loss (balance_weight); loss_free: a selection bias b, top-k of s + b, updated after
+    # every update by bias_update_rate * sign(mean count - count) (Wang et al. 2024), no auxiliary loss
+    balance: Literal["loss", "loss_free"] = "loss"
+    bias_update_rate: float = 1.0e-3
 
     def __post_init__(self) -> None:
         p: list[tuple[str, str]] = []
@@ -132,6 +137,10 @@ class MoESection:
         _fraction(p, "input_jitter", self.input_jitter)
         _positive(p, "balance_weight", self.balance_weight, allow_zero=True)
         _positive(p, "zloss_weight", self.zloss_weight, allow_zero=True)
+        _positive(p, "bias_update_rate", self.bias_update_rate)
+        if self.balance == "loss_free" and self.balance_weight > 0:
+            p.append(("balance", "loss_free balances without an auxiliary loss (Wang et al. 2024); set "
+                                 "moe.balance_weight: 0"))
         _raise(p)
 
 

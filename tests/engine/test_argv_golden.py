@@ -87,7 +87,7 @@ def test_lm_argv():
     assert "--share-decoder-input-output-embed" in a and pairs["--moe-k"] == "2"
 
 
-def test_shared_and_fine_grained_experts_reach_the_argv_only_when_set():
+def test_new_moe_parts_reach_the_argv_only_when_set():
     plain = launch.fairseq_argv(recipes.load(REPO / "recipes/tiny.yaml"), Path("R"), Path("D"), resume=False,
                                 device="cpu")
     assert "--moe-shared-experts" not in plain and "--moe-expert-ffn-dim" not in plain
@@ -95,7 +95,16 @@ def test_shared_and_fine_grained_experts_reach_the_argv_only_when_set():
     a = launch.fairseq_argv(recipe, Path("R"), Path("D"), resume=False, device="cpu")
     pairs = dict(zip(a, a[1:]))
     assert pairs["--moe-shared-experts"] == "2" and pairs["--moe-expert-ffn-dim"] == "32"
-    for bad, key in (("moe.shared_experts=-1", "moe.shared_experts"), ("moe.expert_ffn_dim=0", "moe.expert_ffn_dim")):
+    assert "--moe-score" not in plain and "--moe-balance" not in plain
+    recipe = recipes.load(REPO / "recipes/tiny.yaml", ["router.estimator=topk", "moe.score=sigmoid",
+                                                       "moe.balance=loss_free", "moe.balance_weight=0"])
+    a = launch.fairseq_argv(recipe, Path("R"), Path("D"), resume=False, device="cpu")
+    pairs = dict(zip(a, a[1:]))
+    assert (pairs["--moe-score"], pairs["--moe-balance"], pairs["--moe-bias-update-rate"]) == \
+        ("sigmoid", "loss_free", "0.001")
+    for bad, key in (("moe.shared_experts=-1", "moe.shared_experts"), ("moe.expert_ffn_dim=0", "moe.expert_ffn_dim"),
+                     ("moe.balance=loss_free", "moe.balance: loss_free balances without an auxiliary loss"),
+                     ("moe.score=sigmoid", "moe.score=sigmoid: estimator 'sparsemixer' is defined on the softmax")):
         with pytest.raises(ValueError, match=key):
             recipes.load(REPO / "recipes/tiny.yaml", [bad])
 

@@ -123,6 +123,17 @@ def test_shared_and_fine_grained_expert_flags_reach_the_layer(dict_dir):
     assert moe.w1.shape[-1] == 8 and moe.shared.w1.shape[0] == 2 and moe.shared.w1.shape[-1] == 8
 
 
+def test_score_and_loss_free_flags_reach_the_layer(dict_dir):
+    _, model, _ = h.build(h.mt_argv(dict_dir, "--moe-num-experts", "4", "--moe-k", "2", "--moe-estimator", "topk",
+                                    "--moe-score", "sigmoid", "--moe-balance", "loss_free",
+                                    "--moe-bias-update-rate", "0.002"))
+    moe = model.decoder.layers[0].fc1.moe
+    assert (moe.config.score, moe.config.balance, moe.config.bias_update_rate) == ("sigmoid", "loss_free", 0.002)
+    assert any(n.endswith("fc1.moe.selection_bias") for n, _ in model.named_buffers())
+    model.set_num_updates(0)  # what FairseqTask.train_step calls: reaches every MoE layer
+    assert int(moe.counted_update) == 0
+
+
 def test_lm_flags_reach_the_moe_config(dict_dir):
     _, model, _ = h.build(h.lm_argv(
         dict_dir, "--moe-num-experts", "4", "--moe-k", "2", "--moe-estimator", "sparsemixer_v2",

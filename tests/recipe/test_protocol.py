@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from smx.recipe import protocol
+from smx.recipe.protocol import LOSS_FREE_VARIANT, arm_settings
 from smx.recipe import recipes
 from smx.cli import run
 from smx.errors import UserError
@@ -121,3 +122,12 @@ def test_effective_balance_weights_of_the_shipped_recipes():
     """README "Fidelity": per-token weight on each layer's balance loss."""
     assert protocol.effective_balance_weight(0.01, "token_mean", 6, 7000) == pytest.approx(0.01 / 6)
     assert protocol.effective_balance_weight(0.01, "batch_sum", 6, 7000) == pytest.approx(0.01 / 7000)
+
+
+def test_meta_arm_names_the_loss_free_variant_and_the_new_moe_parts():
+    plain = arm_settings(recipes.load(REPO / "recipes" / "tiny.yaml"))
+    assert "moe.balance" not in plain and "loss_free_variant" not in plain  # unchanged for today's recipes
+    arm = arm_settings(recipes.load(REPO / "recipes" / "tiny.yaml", [
+        "router.estimator=topk", "moe.balance=loss_free", "moe.balance_weight=0", "moe.shared_experts=1"]))
+    assert arm["moe.balance"] == "loss_free" and arm["moe.bias_update_rate"] == 1e-3 and arm["moe.shared_experts"] == 1
+    assert arm["loss_free_variant"] == LOSS_FREE_VARIANT and "2408.15664" in LOSS_FREE_VARIANT
