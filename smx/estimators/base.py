@@ -69,6 +69,16 @@ class Estimator:
         """
         return routing.probs, routing.expert_index
 
+    def no_gradient_tokens(self, logits: Tensor, routing: Routing, k: int) -> Tensor | None:
+        """(tokens,) bool: the tokens whose router gets no task gradient in training (telemetry); None: none.
+
+        The SparseMixer family: the tokens whose first mask keeps one expert only (its gate is then the constant 1);
+        every other estimator here gives each routed token a router gradient.
+        """
+        if self.masked_sampling:
+            return keep_mask(logits, float(getattr(self, "jitter_eps"))).sum(dim=-1) == 1
+        return None
+
     @classmethod
     def option_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]

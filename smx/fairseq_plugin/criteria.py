@@ -17,7 +17,10 @@ Logged (fairseq metrics; every value averaged over the logging interval, weighte
   loss, nll_loss, ppl   the TASK loss only, base 2, exactly as the stock criteria (comparable across estimators)
   moe_objective         the full training objective above per sample_size unit, base 2 (loss + aux / ln 2)
   moe_balance, moe_zloss, moe_dropped, moe_entropy, moe_unused   means over the MoE layers
+  moe_imbalance, moe_nograd, moe_logit_rms   means over the MoE layers of max/mean expert load, the fraction of
+                        tokens whose router gets no task gradient (SparseMixer's masked singletons), and sqrt(mean z^2)
   moe_load_{enc|dec}{L}_e{i}   fraction of layer L's routed assignments sent to expert i
+  moe_imbalance_{enc|dec}{L}   layer L's max/mean expert load
 
 A NaN or infinite loss (training or validation) stops the engine with one `SMX_NONFINITE` log line naming the update
 (smx.fairseq_plugin.guards.checked_loss), before the update is applied.
@@ -70,6 +73,9 @@ def moe_aux_terms(aux: list) -> dict[str, torch.Tensor]:
         "dropped": torch.stack([a.stats.dropped.float() for a in aux]).mean(),
         "entropy": torch.stack([a.stats.entropy.float() for a in aux]).mean(),
         "unused": torch.stack([a.stats.unused.float() for a in aux]).mean(),
+        "imbalance": torch.stack([a.stats.imbalance.float() for a in aux]).mean(),
+        "nograd": torch.stack([a.stats.no_gradient.float() for a in aux]).mean(),
+        "logit_rms": torch.stack([a.stats.logit_rms.float() for a in aux]).mean(),
     }
 
 
@@ -79,6 +85,7 @@ def moe_logging(aux: list, terms: dict[str, torch.Tensor], sample_size) -> dict[
     for a in aux:
         for i, load in enumerate((a.stats.load.float() * sample_size).unbind(0)):
             out[f"{PREFIX}load_{a.name}_e{i}"] = load
+        out[f"{PREFIX}imbalance_{a.name}"] = a.stats.imbalance.float() * sample_size
     return out
 
 

@@ -207,7 +207,8 @@ class MoEFeedForward(nn.Module):
             balance_probs, balance_index = est.balance_inputs(logits, routing, c.k)
         balance = load_balance_loss(balance_probs.float(), balance_index)
         zl = z_loss(logits)
-        stats = routing_stats(routing.probs, routing.expert_index, plan.kept)
+        stats = routing_stats(routing.probs, routing.expert_index, plan.kept, logits,
+                              est.no_gradient_tokens(logits, routing, c.k) if self.training else None)
         return y, balance, zl, stats
 
     @torch.no_grad()

@@ -22,6 +22,9 @@ class RoutingStats:
     dropped: Tensor  # () float32 fraction of the routed assignments dropped by the capacity
     entropy: Tensor  # () float32 router entropy -sum_i p_i log p_i (nats), mean over tokens
     unused: Tensor  # () int64 number of experts that received no assignment
+    imbalance: Tensor  # () float32 max / mean expert load (1 = balanced, E = every assignment on one expert)
+    no_gradient: Tensor  # () float32 fraction of the routed tokens whose router gets no task gradient
+    logit_rms: Tensor  # () float32 router-logit scale sqrt(mean z^2) over tokens and experts
 
 
 def assignment_fractions(expert_index: Tensor, num_experts: int) -> Tensor:
@@ -70,14 +73,22 @@ def router_entropy(probs: Tensor) -> Tensor:
     return -plogp.sum() / max(probs.shape[0], 1)
 
 
-def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor) -> RoutingStats:
-    """probs (tokens, E), expert_index (tokens, k), kept (tokens, k) bool (False = dropped by the capacity)."""
+def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor, logits: Tensor | None = None,
+                  no_gradient: Tensor | None = None) -> RoutingStats:
+    """probs (tokens, E), expert_index (tokens, k), kept (tokens, k) bool (False = dropped by the capacity), logits
+    (tokens, E) the router's, no_gradient (tokens,) bool: tokens whose router gets no task gradient (None: none)."""
     with torch.no_grad():
-        counts = expert_counts(expert_index, probs.shape[1])  # (n_experts,)
+        num_tokens, num_experts = probs.shape
+        counts = expert_counts(expert_index, num_experts)  # (n_experts,)
+        load = counts.float() / max(expert_index.numel(), 1)  # (n_experts,)
         dropped = (~kept).sum().float() / max(kept.numel(), 1)
+        zero = probs.new_zeros(())
         return RoutingStats(
-            load=counts.float() / max(expert_index.numel(), 1),
+            load=load,
             dropped=dropped,
             entropy=router_entropy(probs.float()),
             unused=(counts == 0).sum(),
+            imbalance=load.max() * num_experts if num_tokens else zero,
+            no_gradient=zero if no_gradient is None else no_gradient.float().sum() / max(num_tokens, 1),
+            logit_rms=zero if logits is None or not num_tokens else logits.detach().float().square().mean().sqrt(),
         )

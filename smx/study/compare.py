@@ -77,6 +77,18 @@ class RunData:
         return {}
 
 
+    def telemetry(self) -> dict[str, float]:
+        """Routing telemetry of the last train entry logging it: TELEMETRY keys without the moe_ prefix."""
+        for r in reversed(self.records):
+            if r.get("split") == "train" and isinstance(r.get("moe_imbalance"), (int, float)):
+                return {k[len("moe_"):]: float(r[k]) for k in TELEMETRY if isinstance(r.get(k), (int, float))}
+        return {}
+
+
+# Routing telemetry (smx.fairseq_plugin.criteria): means over the MoE layers at the last logging step
+TELEMETRY = ("moe_imbalance", "moe_nograd", "moe_logit_rms")
+
+
 def parse_metric(metric: str) -> tuple[str, str]:
     m = _METRIC.match(metric)
     if not m:
@@ -226,6 +238,7 @@ class GroupSummary:
     load: dict
     per_seed: dict = field(default_factory=dict, repr=False)  # quantity -> {seed: value} (smx.study.verdict)
     contrasts: tuple[Contrast, ...] = ()  # arm - baseline per quantity (empty for the baseline itself)
+    telemetry: dict = field(default_factory=dict)  # mean over seeds of RunData.telemetry() ({} before it was logged)
 
     @property
     def verdict(self) -> str | None:
@@ -254,7 +267,7 @@ class GroupSummary:
                 "expert_load": self.load, "per_seed": {q: {str(k): v for k, v in d.items()}
                                                        for q, d in self.per_seed.items()},
                 "vs_baseline": [c.to_dict() for c in self.contrasts], "verdict": self.verdict,
-                "last_quarter_gain": self.last_quarter}
+                "last_quarter_gain": self.last_quarter, **({"telemetry": self.telemetry} if self.telemetry else {})}
 
 
 @dataclass(frozen=True)
@@ -300,8 +313,8 @@ def _field_ci(runs, get) -> Interval | None:
     return mean_ci([v for v in (get(r) for r in runs) if isinstance(v, (int, float))])
 
 
-def _mean_load(runs) -> dict[str, float]:
-    loads = [r.moe_load() for r in runs]
+def _mean_load(runs, get=RunData.moe_load) -> dict[str, float]:
+    loads = [get(r) for r in runs]
     keys = sorted({k for d in loads for k in d})
     return {k: sum(d[k] for d in loads if k in d) / sum(k in d for d in loads) for k in keys}
 
@@ -390,7 +403,7 @@ def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | N
             steps=st, steps_ci=mean_ci([s for s in st if s is not None]),
             speedup=speedup, speedup_lo=lo, speedup_hi=hi, speedup_note=note,
             wps=_field_ci(rs, RunData.wps), wall=_field_ci(rs, RunData.wall),
-            curve=mean_curve(cs), load=_mean_load(rs), per_seed=ps,
+            curve=mean_curve(cs), load=_mean_load(rs), per_seed=ps, telemetry=_mean_load(rs, RunData.telemetry),
             contrasts=contrasts(ps, groups[0].per_seed) if baseline is not None and est != baseline else ()))
         if any(not c for c in cs):
             notes.append(f"{est}: {sum(not c for c in cs)} run(s) without {metric} records")

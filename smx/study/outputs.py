@@ -77,6 +77,7 @@ def markdown(c: Comparison, images: list[str]) -> str:
               "means over seeds. Exact intervals are in compare.json."]
     lines += ["", c.flattening_line()] if c.flattening_line() else []
     lines += contrast_lines(c)
+    lines += telemetry_lines(c)
     lines += [""] + [f"- {n}" for n in c.notes] if c.notes else []
     lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in images]
     return "\n".join(lines) + "\n"
@@ -95,6 +96,21 @@ def contrast_lines(c: Comparison) -> list[str]:
               "of the mean difference; unpaired (no two common seeds): Welch's interval. The verdict (table column) "
               "is that of BLEU (tok), else test ppl, else best valid: better / worse when the interval excludes 0, "
               "else indistinguishable at 95%."]
+    return lines
+
+
+def telemetry_lines(c: Comparison) -> list[str]:
+    """Routing telemetry per estimator (runs from before it was logged: no section)."""
+    if not any(g.telemetry for g in c.groups):
+        return []
+    lines = ["", "## Routing telemetry (last logging step, mean over MoE layers and seeds)", "",
+             "| estimator | imbalance (max/mean load) | tokens without router gradient | router-logit RMS |",
+             "|---|---|---|---|"]
+    for g in c.groups:
+        t = g.telemetry
+        cell = lambda key, f: f.format(t[key]) if key in t else "n/a"  # noqa: E731
+        lines.append(f"| {g.estimator} | {cell('imbalance', '{:.3f}')} | {cell('nograd', '{:.1%}')} | "
+                     f"{cell('logit_rms', '{:.3f}')} |")
     return lines
 
 

@@ -64,6 +64,10 @@ def test_translation_loss_by_hand(dict_dir, estimator):
     for a in aux:
         for i in range(4):
             assert log[f"moe_load_{a.name}_e{i}"].item() == pytest.approx(a.stats.load[i].item() * ntokens, abs=1e-5)
+        assert log[f"moe_imbalance_{a.name}"].item() == pytest.approx(4 * a.stats.load.max().item() * ntokens, rel=1e-5)
+    for key, field in (("moe_imbalance", "imbalance"), ("moe_nograd", "no_gradient"), ("moe_logit_rms", "logit_rms")):
+        mean = sum(getattr(a.stats, field) for a in aux) / 3
+        assert log[key].item() == pytest.approx(mean.item() * ntokens, rel=1e-5, abs=1e-6), key
     # gradients flow into the routers from the aux terms
     loss.backward()
     assert model.encoder.layers[0].fc1.moe.router.proj.weight.grad.abs().sum() > 0

@@ -147,3 +147,16 @@ def test_compare_survives_malformed_metrics_lines(tmp_path, capsys):
     assert run(["compare", str(root), "--out", str(tmp_path / "c")]) == 0
     doc = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert [g["best"]["mean"] for g in doc["groups"]] == [2.0, 2.0]
+
+
+def test_compare_shows_routing_telemetry_when_logged(tmp_path, capsys):
+    for est, seed, tel in (("topk", 1, (1.5, 0.0, 2.0)), ("topk", 2, (2.5, 0.0, 4.0)),
+                           ("sparsemixer", 1, (1.2, 0.3, 3.0))):
+        write_run(tmp_path / "s", f"{est}-{seed}", est, seed, [(10, 2.0)],
+                  load={"moe_imbalance": tel[0], "moe_nograd": tel[1], "moe_logit_rms": tel[2]})
+    assert run(["compare", str(tmp_path / "s"), "--out", str(tmp_path / "c")]) == 0
+    md = (tmp_path / "c" / "compare.md").read_text()
+    assert "## Routing telemetry" in md
+    assert "| topk | 2.000 | 0.0% | 3.000 |" in md and "| sparsemixer | 1.200 | 30.0% | 3.000 |" in md
+    groups = {g["estimator"]: g for g in json.loads((tmp_path / "c" / "compare.json").read_text())["groups"]}
+    assert groups["topk"]["telemetry"] == {"imbalance": 2.0, "nograd": 0.0, "logit_rms": 3.0}
