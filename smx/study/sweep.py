@@ -4,9 +4,10 @@
     results = run_sweep(plan)
 
 Each grid cell is a run directory `<study dir>/<name>-<estimator>-s<seed>` (smx.run.paths.default_path). On every call:
-a run whose meta.json says `done` is skipped, an unfinished one with checkpoints/checkpoint_last.pt is resumed, a
-missing one is started; an unfinished run without a checkpoint cannot be resumed and is never overwritten: it is
-reported as blocked (delete it to start it again). <study dir>/study.json records the recipe and overrides; a study
+a run whose meta.json says `done` is skipped, an unfinished one is resumed (from checkpoint_last.pt, else
+checkpoint_best.pt, else from update 0 in place when it died before its first checkpoint: smx.run.train), a missing
+one, or one that a failure at its very start left without any training, is started; a directory that is not a run
+(no recipe.yaml, files smx did not write) is never overwritten: it is reported as blocked. <study dir>/study.json records the recipe and overrides; a study
 directory refuses a sweep of another recipe name or other overrides.
 """
 
@@ -70,7 +71,9 @@ def cell_action(path: Path) -> str:
         return "start"
     if _status(path) == "done":
         return "skip"
-    return "resume" if (path / "checkpoints" / "checkpoint_last.pt").is_file() else "blocked"
+    if RunDir(path).recipe.is_file():
+        return "resume"
+    return "start" if rundir.never_trained(path) else "blocked"
 
 
 def plan_sweep(recipe_path: Path, estimators: list[str], seeds: list[int], overrides: list[str] = (),

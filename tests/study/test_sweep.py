@@ -13,9 +13,11 @@ from smx.cli import run as cli
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 
 
-def _run_dir(root: Path, name: str, status: str | None, checkpoint: bool) -> Path:
+def _run_dir(root: Path, name: str, status: str | None, checkpoint: bool, recipe: bool = True) -> Path:
     d = root / name
     (d / "checkpoints").mkdir(parents=True)
+    if recipe:
+        (d / "recipe.yaml").write_text(RECIPE.read_text())
     if status:
         (d / "meta.json").write_text(json.dumps({"name": name, "status": status}))
     if checkpoint:
@@ -44,7 +46,8 @@ def test_sweep_skips_done_resumes_unfinished_starts_missing(tmp_path, fake_train
     study = tmp_path / "study"
     _run_dir(study, "tiny-topk-s1", "done", True)
     _run_dir(study, "tiny-topk-s2", "interrupted", True)
-    _run_dir(study, "tiny-sparsemixer-s1", "failed", False)  # nothing to resume from: blocked, never overwritten
+    _run_dir(study, "tiny-sparsemixer-s1", "failed", False, recipe=False)  # not a run: blocked, never overwritten
+    (study / "tiny-sparsemixer-s1" / "notes.txt").write_text("mine")
     args = ["sweep", str(RECIPE), "--estimators", "topk,sparsemixer", "--seeds", "1,2", "--study-dir", str(study),
             "--set", "train.max_update=10"]
     assert cli([*args, "--dry-run"]) == 0 and not fake_train
@@ -105,3 +108,13 @@ def test_sweep_refuses_other_study(tmp_path, fake_train, capsys):
     assert cli(["sweep", str(RECIPE), "--estimators", "topk", "--study-dir", str(study)]) == 2
     assert "holds the study of recipe 'tiny' with overrides ['optim.lr=0.1']" in capsys.readouterr().err
     assert not fake_train
+
+
+def test_sweep_resumes_a_run_that_died_before_its_first_checkpoint_and_restarts_a_never_trained_one(tmp_path):
+    from smx.study.sweep import cell_action
+
+    died = _run_dir(tmp_path, "died", "failed", False)  # recipe.yaml, no checkpoint: train --resume restarts it
+    half = _run_dir(tmp_path, "half", None, False, recipe=False)  # only the skeleton create() makes
+    best = _run_dir(tmp_path, "best", "interrupted", False)
+    (best / "checkpoints" / "checkpoint_best.pt").write_bytes(b"x")
+    assert [cell_action(p) for p in (died, half, best)] == ["resume", "start", "resume"]
