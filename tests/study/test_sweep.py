@@ -9,6 +9,7 @@ import pytest
 
 import smx.run.train
 from smx.cli import run as cli
+from smx.study.sweep import cell_action
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
 
@@ -111,8 +112,6 @@ def test_sweep_refuses_other_study(tmp_path, fake_train, capsys):
 
 
 def test_sweep_resumes_a_run_that_died_before_its_first_checkpoint_and_restarts_a_never_trained_one(tmp_path):
-    from smx.study.sweep import cell_action
-
     died = _run_dir(tmp_path, "died", "failed", False)  # recipe.yaml, no checkpoint: train --resume restarts it
     half = _run_dir(tmp_path, "half", None, False, recipe=False)  # only the skeleton create() makes
     best = _run_dir(tmp_path, "best", "interrupted", False)
