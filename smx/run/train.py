@@ -282,6 +282,7 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
                  "engine_env": process.train_env_additions(p.recipe.train.cpu_threads, p.device)}
         info = {"checkpoint_sha256": p.checkpoint_sha256, "trusted": req.trust_checkpoint} if p.resume else None
         previous = rundir.read_meta(run_dir) if p.resume else None
+        previous_recipe = run_dir.recipe.read_text(encoding="utf-8") if p.resume else None
         if p.resume and not previous.get("name"):
             warn(f"{run_dir.meta}: missing or unreadable; rebuilt from recipe.yaml and train.log"
                  + (" (the old file is kept as meta.json.unreadable)" if run_dir.meta.exists() else ""))
@@ -295,7 +296,8 @@ def run(req: TrainRequest, console: Console | None = None, warn: Callable[[str],
                               previous=previous)
     failure = rundir.read_meta(run_dir).get("failure") if status == "failed" else None
     kept = rundir.read_meta(run_dir).get("status")
-    if status == "failed" and kept != "failed":
+    if status == "failed" and kept != "failed":  # nothing trained: the run's recipe stays as it was too
+        rundir.write_atomic(run_dir.recipe, previous_recipe)
         console.print(f"the resume failed before training any update; {run_dir.path} stays {kept} (the attempt is "
                       "listed in meta.json resumes)", style="red", highlight=False, markup=False, soft_wrap=True)
     if failure and failure.get("reason") == "no space":

@@ -30,7 +30,7 @@ def preprocess_child(pid: int) -> int | None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_signal_during_binarization_stops_preprocess_too(sig, tmp_path: Path):
     root = tmp_path / "data"
-    args = ["data", "prep", "synthetic-mt", "--out", str(root), "--opt", "train=150000", "--no-progress"]
+    args = ["data", "prep", "synthetic-mt", "--out", str(root), "--opt", "train=60000", "--no-progress"]
     proc = smx_process(args)
     try:
         assert wait_for(lambda: preprocess_child(proc.pid), 240, proc), proc.communicate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 import subprocess
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_max_tokens_below_the_longest_sentence_is_refused(data_root: Path, tmp_p
 def test_a_failed_resume_keeps_the_status_and_provenance(done_run, tmp_path: Path, capsys):
     run = copy_run(done_run, tmp_path / "run")
     (run / "checkpoints" / "checkpoint_last.pt").write_bytes(b"not a checkpoint")  # the engine cannot load it
-    before = meta(run)
+    before, recipe = meta(run), (run / "recipe.yaml").read_text()
     capsys.readouterr()
     assert cli(["train", "--resume", str(run), "--set", "train.max_update=32", "--trust-checkpoint",
                 "--no-progress"]) == 1
@@ -132,6 +133,7 @@ def test_a_failed_resume_keeps_the_status_and_provenance(done_run, tmp_path: Pat
     attempt = after["resumes"][-1]
     assert len(after["resumes"]) == len(before.get("resumes", [])) + 1
     assert attempt["outcome"] == "failed" and attempt["exit_code"] not in (0, None) and attempt["trusted"] is True
+    assert (run / "recipe.yaml").read_text() == recipe  # max_update 32 was not taken: nothing trained
 
 
 @pytest.mark.slow
@@ -143,8 +145,10 @@ def test_a_corrupt_meta_json_is_rebuilt_from_the_recipe_and_kept(done_run, tmp_p
     assert cli(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "meta.json: missing or unreadable; rebuilt from recipe.yaml" in capsys.readouterr().err
     rebuilt = meta(run)
-    for key in ("name", "recipe", "task", "dataset", "estimator", "seed", "protocol", "arm", "start"):
+    for key in ("name", "recipe", "task", "dataset", "estimator", "seed", "protocol", "arm"):
         assert rebuilt[key] == original[key], key
+    started = [datetime.fromisoformat(m["start"]) for m in (rebuilt, original)]  # train.log's first session line
+    assert abs((started[0] - started[1]).total_seconds()) <= 5
     assert rebuilt["status"] == "done" and "meta.json.unreadable" in rebuilt["rebuilt"]["reason"]
     assert (run / "meta.json.unreadable").read_text() == '{"status": "do'
 
