@@ -7,7 +7,11 @@ fault. The CLI prints it without a traceback and exits with code 2.
 
 from __future__ import annotations
 
+import errno
 from typing import Sequence
+
+# A full disk or quota: the machine's state, not a bug (one line, exit 2, like bad input).
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class UserError(ValueError):

@@ -6,17 +6,15 @@ code 2. Any other exception is an internal bug and keeps its traceback.
 
 from __future__ import annotations
 
-import errno
 import sys
 
 import typer
 from rich.console import Console
 
 from smx.cli import compare, data, diagnose, evaluate, export, recipe, report, sweep, train
-from smx.errors import UserError
+from smx.errors import NO_SPACE_ERRNOS, UserError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 app = typer.Typer(
     name="smx",
@@ -48,7 +46,7 @@ def run(argv: list[str] | None = None) -> int:
                           markup=False)
         return 130
     except OSError as e:  # a full disk is the machine's state, not a bug; every other OSError keeps its traceback
-        if e.errno not in NO_SPACE:
+        if e.errno not in NO_SPACE_ERRNOS:
             raise
         err_console.print(f"error: {e.filename or 'an output file'}: no space left on device; files already "
                           "finished were not overwritten; free space and run the command again", markup=False)

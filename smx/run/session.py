@@ -30,7 +30,6 @@ Reliability (see also smx.fairseq_plugin.guards, the engine-side half):
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shlex
 import signal
@@ -47,7 +46,7 @@ from smx.engine.argv import fairseq_argv
 from smx.engine.procfs import children
 from smx.engine.children import die_with_parent, is_main_thread, kill_group
 from smx.engine.process import Distributed, engine_command, engine_environment, follow, train_env_additions, verify_env
-from smx.errors import UserError
+from smx.errors import NO_SPACE_ERRNOS, UserError
 from smx.recipe.recipes import Recipe
 from smx.run import metrics
 from smx.run.paths import RESERVE_NAME, RunDir, now, prune_checksums, read_meta, update_meta, write_meta
@@ -56,7 +55,6 @@ from smx.run.progress import TrainProgress
 
 
 RESERVE_BYTES = 256 << 10
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
@@ -172,7 +170,7 @@ def train(recipe: Recipe, run: RunDir, data_dir: Path, *, resume: bool, device: 
         if state.proc is not None:
             rc = state.proc.wait()
     except OSError as e:  # smx could not write (disk full): stop the engine, record it, one line for the user
-        if e.errno not in NO_SPACE:
+        if e.errno not in NO_SPACE_ERRNOS:
             _release(run)
             update_meta(run, status="failed", end=now(), exit_code=None)
             raise
@@ -252,7 +250,7 @@ def _out_of_space(run: RunDir) -> bool:
         if any(text in tail for text in _NO_SPACE_TEXT):
             return True
         st = os.statvfs(run.path)
-        return st.f_bavail * st.f_frsize < RESERVE_BYTES + (64 << 10)  # the reserve itself still holds its room
+        return st.f_bavail * st.f_frsize < RESERVE_BYTES + (64 << 10)  # about the released reserve, no more
     except OSError:
         return False
 
