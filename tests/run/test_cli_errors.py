@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from smx.cli import run
+import smx.cli.compare as compare_cli
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "recipes" / "tiny.yaml")
@@ -127,3 +129,19 @@ def test_bad_input_still_gets_one_line(cwd, capsys):
     assert run(["train", TINY, "--set", "moe.k=5"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(monkeypatch, capsys):
+    def full(paths):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/runs/x/metrics.jsonl")
+    monkeypatch.setattr(compare_cli, "discover", full)
+    assert run(["compare", "somewhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: /data/runs/x/metrics.jsonl: no space left on device; files already finished were not "
+                   "overwritten; free space and run the command again"]
+
+    def broken(paths):
+        raise OSError(errno.EIO, "Input/output error", "/data/x")
+    monkeypatch.setattr(compare_cli, "discover", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        run(["compare", "somewhere"])
