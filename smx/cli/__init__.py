@@ -41,9 +41,8 @@ def run(argv: list[str] | None = None) -> int:
     except typer.TyperException as e:  # usage errors: unknown option, missing argument, bad value
         err_console.print(f"error: {e.format_message()}", markup=False)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP where a command turns them into one
-        err_console.print(f"interrupted ({e}); run the command again to continue" if str(e) else "interrupted",
-                          markup=False)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
         return 130
     except OSError as e:  # a full disk is the machine's state, not a bug; every other OSError keeps its traceback
         if e.errno not in NO_SPACE_ERRNOS:

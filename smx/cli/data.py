@@ -83,8 +83,14 @@ def prep(
     data_prep.info(name)  # an unknown name first
     check_dir(out / name, "--out")  # before any work
     with stop_signals_interrupt():  # SIGTERM / SIGHUP stop it as Ctrl-C does: fairseq-preprocess is killed too
-        path = data_prep.prepare(name, root=out, source=source, bpe_merges=bpe_merges, workers=workers,
-                                 progress=progress, options=options or None, force=force)
+        try:
+            path = data_prep.prepare(name, root=out, source=source, bpe_merges=bpe_merges, workers=workers,
+                                     progress=progress, options=options or None, force=force)
+        except KeyboardInterrupt as e:  # (click would turn it into a silent exit 130)
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"interrupted ({e or 'SIGINT'}): {out / name} stays resumable; run the command again to continue",
+                markup=False)
+            raise typer.Exit(130) from None
     console = _console()
     man = data_prep.manifest(name, out)
     for table in summary_tables(man):

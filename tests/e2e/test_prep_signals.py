@@ -41,7 +41,8 @@ def test_a_stop_signal_during_binarization_stops_preprocess_too(sig, tmp_path: P
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert f"interrupted ({sig.name}); run the command again to continue" in err and "Traceback" not in err
+    assert f"interrupted ({sig.name}): {root / 'synthetic-mt'} stays resumable; run the command again to continue" \
+        in err and "Traceback" not in err
     assert wait_for(lambda: dead(child), 10), "fairseq-preprocess outlived the prep"
     assert not data_prep.is_prepared("synthetic-mt", root)
     again = smx_process(args)
