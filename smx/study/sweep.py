@@ -85,7 +85,7 @@ def plan_sweep(recipe_path: Path, estimators: list[str], seeds: list[int], overr
         if key.split("=", 1)[0].strip() in ("seed", "router.estimator"):
             raise UserError(f"--set {key}: the sweep sets {key.split('=', 1)[0].strip()} itself "
                             "(--estimators / --seeds)")
-    first = recipes.load(recipe_path, list(overrides))
+    first = recipes.load(recipe_path, list(overrides), estimator=estimators[0] if estimators else None)
     study = Path(study_dir) if study_dir is not None else Path("studies") / first.name
     _check_study(study, first.name, tuple(overrides))
     cells = []

@@ -117,3 +117,14 @@ def test_sweep_resumes_a_run_that_died_before_its_first_checkpoint_and_restarts_
     best = _run_dir(tmp_path, "best", "interrupted", False)
     (best / "checkpoints" / "checkpoint_best.pt").write_bytes(b"x")
     assert [cell_action(p) for p in (died, half, best)] == ["resume", "start", "resume"]
+
+
+def test_sweep_overrides_are_checked_with_the_swept_estimators_not_the_recipe_default(tmp_path, fake_train):
+    # tiny.yaml's own estimator is sparsemixer, which loss-free balancing does not take; topk does
+    args = ["sweep", str(RECIPE), "--estimators", "topk", "--seeds", "1", "--study-dir", str(tmp_path / "s"),
+            "--set", "moe.balance=loss_free", "--set", "moe.balance_weight=0"]
+    assert cli(args) == 0 and [c.estimator for c in fake_train] == ["topk"]
+    both = ["sweep", str(RECIPE), "--estimators", "topk,sparsemixer", "--seeds", "1", "--study-dir",
+            str(tmp_path / "t"), "--set", "moe.balance=loss_free", "--set", "moe.balance_weight=0"]
+    fake_train.clear()
+    assert cli(both) == 2 and not fake_train  # sparsemixer cannot: the whole grid is refused before anything runs
