@@ -52,7 +52,8 @@ def run_parallel(plan: SweepPlan, jobs: int, device: str | None = None, console=
 
     console = console or Console(stderr=True)
     # prepare the dataset once, here, rather than racing for its lock in every child
-    training.data_dir(recipes.load(plan.recipe_path, list(plan.overrides)), console=console)
+    first = plan.cells[0].estimator if plan.cells else None  # the recipe's own estimator may not take the overrides
+    training.data_dir(recipes.load(plan.recipe_path, list(plan.overrides), estimator=first), console=console)
     write_study(plan)
     logs = plan.study_dir / "logs"
     logs.mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import smx.run.train
+import smx.study.parallel
 from smx.cli import run as cli
 from smx.study.sweep import cell_action
 
@@ -119,11 +120,18 @@ def test_sweep_resumes_a_run_that_died_before_its_first_checkpoint_and_restarts_
     assert [cell_action(p) for p in (died, half, best)] == ["resume", "start", "resume"]
 
 
-def test_sweep_overrides_are_checked_with_the_swept_estimators_not_the_recipe_default(tmp_path, fake_train):
+def test_sweep_overrides_are_checked_with_the_swept_estimators_not_the_recipe_default(tmp_path, fake_train,
+                                                                                     monkeypatch):
     # tiny.yaml's own estimator is sparsemixer, which loss-free balancing does not take; topk does
     args = ["sweep", str(RECIPE), "--estimators", "topk", "--seeds", "1", "--study-dir", str(tmp_path / "s"),
             "--set", "moe.balance=loss_free", "--set", "moe.balance_weight=0"]
     assert cli(args) == 0 and [c.estimator for c in fake_train] == ["topk"]
+    prepared = []
+    monkeypatch.setattr(smx.run.train, "data_dir", lambda recipe, console=None: prepared.append(recipe))
+    monkeypatch.setattr(smx.study.parallel.subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(SystemExit))
+    with pytest.raises(SystemExit):  # --jobs 2: the dataset is prepared with the swept estimator's recipe first
+        cli([*args[:6], "--study-dir", str(tmp_path / "p"), *args[8:], "--jobs", "2"])
+    assert prepared and prepared[0].router.estimator == "topk"
     both = ["sweep", str(RECIPE), "--estimators", "topk,sparsemixer", "--seeds", "1", "--study-dir",
             str(tmp_path / "t"), "--set", "moe.balance=loss_free", "--set", "moe.balance_weight=0"]
     fake_train.clear()
