@@ -137,14 +137,14 @@ _COMPARED = ("bpe_merges", "options", "text", "clean_train", "bpe_glossaries")  
 
 def replaced_settings(spec, root_dir: Path, merges: int, config, src) -> list[str]:
     """`key old -> new` for each setting in which this prep differs from the finished one in root_dir ([]: none,
-    or no finished prep there). A --source counts when it names another source than the recorded one."""
+    or no finished prep there). The source does not count: a finished prep's raw files are never read again from
+    another --source (the manifest keeps the one they came from)."""
     man = _manifest.read(root_dir)
     if not man or man.get("complete") is not True:
         return []
     old = man.get("settings") if isinstance(man.get("settings"), dict) else {}
     new = json.loads(json.dumps(_header(spec, merges, config, src)["settings"]))
-    keys = [*_COMPARED, *(("source",) if src is not None and old.get("source") is not None else ())]
-    return [f"{k} {json.dumps(old.get(k))[:60]} -> {json.dumps(new.get(k))[:60]}" for k in keys
+    return [f"{k} {json.dumps(old.get(k))[:60]} -> {json.dumps(new.get(k))[:60]}" for k in _COMPARED
             if old.get(k) != new.get(k)]
 
 

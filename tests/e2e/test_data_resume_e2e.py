@@ -7,6 +7,7 @@ import pytest
 from dp_helpers import NAME, OPTIONS, prepare_small as _prepare, reference, stable_manifest, tree  # noqa: F401
 
 import data_prep
+from smx.errors import UserError
 from data_prep.steps import bpe
 
 
@@ -38,7 +39,9 @@ def test_changed_bpe_merges_redoes_only_downstream_steps(reference, tmp_path):
     import shutil
 
     shutil.copytree(reference / NAME, tmp_path / NAME)
-    data_prep.prepare(NAME, root=tmp_path, bpe_merges=0, progress=False, options=OPTIONS)
+    with pytest.raises(UserError, match="is already prepared with other settings \\(bpe_merges"):
+        data_prep.prepare(NAME, root=tmp_path, bpe_merges=0, progress=False, options=OPTIONS)  # a finished dataset
+    data_prep.prepare(NAME, root=tmp_path, bpe_merges=0, progress=False, options=OPTIONS, force=True)
     man = data_prep.manifest(NAME, tmp_path)
     assert "learn bpe" not in man["steps"] and not (tmp_path / NAME / "bpe" / "codes").exists()
     assert (tmp_path / NAME / "bpe" / "train.src").read_bytes() == (tmp_path / NAME / "tok" / "train.src").read_bytes()
