@@ -53,8 +53,16 @@ def record_use(bin_dir: Path, run_path: Path, data_id: str) -> None:
         pass
 
 
+def _same_dir(recorded, bin_dir: Path) -> bool:
+    try:
+        return isinstance(recorded, str) and Path(recorded).resolve() == Path(bin_dir).resolve()
+    except OSError:
+        return False
+
+
 def users(dataset_dir: Path, data_id: str) -> list[Path]:
-    """Run directories recorded in dataset_dir/runs.txt that still exist and still record data `data_id`."""
+    """Run directories recorded in dataset_dir/runs.txt that still exist and still record data `data_id` read from
+    this dataset's bin/ (a copied dataset directory carries the registry of the original: those runs do not count)."""
     try:
         lines = (Path(dataset_dir) / USERS_NAME).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -68,6 +76,7 @@ def users(dataset_dir: Path, data_id: str) -> list[Path]:
             meta = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(meta, dict) and isinstance(meta.get("data"), dict) and meta["data"].get("id") == data_id:
+        data = meta.get("data") if isinstance(meta, dict) else None
+        if isinstance(data, dict) and data.get("id") == data_id and _same_dir(data.get("dir"), dataset_dir / "bin"):
             out.append(Path(path))
     return out

@@ -32,7 +32,7 @@ class DataIdentity:
     notes: tuple[str, ...] = field(default=())
 
     def to_meta(self) -> dict:
-        return {"dir": str(self.dir), "id": self.id, "source": self.source, "files": dict(sorted(self.files.items()))}
+        return {"dir": str(self.dir.resolve()), "id": self.id, "source": self.source, "files": dict(sorted(self.files.items()))}
 
 
 def identity(bin_dir: str | Path, verify: bool = True) -> DataIdentity:
