@@ -5,9 +5,10 @@ dispatch by index to the experts (FFNs with stacked weights), combine gate x exp
 extra terms: dense estimators get sum_i dense_weight_i E_i(x) over every expert, Default MoE gets
 default_weight @ default_vectors (an EMA of each expert's mean output, updated before use in training, frozen in
 evaluation). Shared experts (DeepSeekMoE) are added ungated for every token: y = omega * routed + sum_s S_s(x);
-routed and shared experts have hidden size expert_ffn_dim (fine-grained experts), else the model's FFN size. The balance loss takes the router softmax and the routed experts, or with balance_source "reference"
-what the estimator's reference code uses (Estimator.balance_inputs). Training uses
-capacity_factor, evaluation eval_capacity_factor (None = dropless); `self.training` also selects the estimator's
+routed and shared experts have hidden size expert_ffn_dim (fine-grained experts), else the model's FFN size. The
+balance loss takes the router softmax and the routed experts, or with balance_source "reference" what the
+estimator's reference code uses (Estimator.balance_inputs). Training uses capacity_factor, evaluation
+eval_capacity_factor (None = dropless); `self.training` also selects the estimator's
 training or (deterministic) evaluation routing.
 """
 
@@ -60,6 +61,16 @@ def ema_update(vectors: Tensor, initialized: Tensor, sums: Tensor, counts: Tenso
     initialized.logical_or_(seen)
 
 
+@torch.no_grad()
+def reset_ffn(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
+    """Like nn.Linear, per expert: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). w1 (n, d, d_ff)."""
+    bound1, bound2 = 1 / math.sqrt(w1.shape[1]), 1 / math.sqrt(w1.shape[2])
+    w1.uniform_(-bound1, bound1)
+    b1.uniform_(-bound1, bound1)
+    w2.uniform_(-bound2, bound2)
+    b2.uniform_(-bound2, bound2)
+
+
 def loss_free_step(counts: Tensor, rate: float) -> Tensor:
     """u * sign(mean(c) - c): the loss-free balancing bias update from one update's expert counts (E,)."""
     return rate * torch.sign(counts.mean() - counts)
@@ -76,10 +87,7 @@ class SharedExperts(nn.Module):
         self.b2 = nn.Parameter(torch.empty(count, d_model))  # (S, d)
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            bound1, bound2 = 1 / math.sqrt(self.w1.shape[1]), 1 / math.sqrt(self.w1.shape[2])
-            for p, bound in ((self.w1, bound1), (self.b1, bound1), (self.w2, bound2), (self.b2, bound2)):
-                p.uniform_(-bound, bound)
+        reset_ffn(self.w1, self.b1, self.w2, self.b2)
 
     def forward(self, x: Tensor, activation: str, activation_dropout: float, training: bool) -> Tensor:
         out = all_experts(x, self.w1, self.b1, self.w2, self.b2, activation, activation_dropout, training)  # (T,S,d)
@@ -132,13 +140,7 @@ class MoEFeedForward(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Like nn.Linear, per expert: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-        with torch.no_grad():
-            bound1, bound2 = 1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_ff)
-            self.w1.uniform_(-bound1, bound1)
-            self.b1.uniform_(-bound1, bound1)
-            self.w2.uniform_(-bound2, bound2)
-            self.b2.uniform_(-bound2, bound2)
+        reset_ffn(self.w1, self.b1, self.w2, self.b2)
         if self.shared is not None:
             self.shared.reset_parameters()
 
@@ -175,14 +177,14 @@ class MoEFeedForward(nn.Module):
         extra = {} if c.score == "softmax" and self.selection_bias is None else \
             {"score": c.score, "bias": None if self.selection_bias is None else self.selection_bias.detach()}
         routing: Routing = est(logits, k=c.k, training=self.training, generator=generator, **extra)
-        if self.selection_bias is not None and self.training:
-            self.pending_counts += expert_counts(routing.expert_index.reshape(-1), c.num_experts).long()
         factor = c.capacity_factor if self.training else c.eval_capacity_factor
         capacity = expert_capacity(num_tokens, c.num_experts, c.k, factor)
         priority = None
         if c.drop_policy == "probability" and capacity is not None:
             priority = routing.probs.gather(1, routing.expert_index)  # (T, k) router probability of each choice
         plan = plan_dispatch(routing.expert_index, c.num_experts, capacity, priority)
+        if self.selection_bias is not None and self.training:
+            self.pending_counts += plan.counts  # (E,) routed assignments, before any capacity drop
         expert_in = tokens.to(self.w1.dtype)  # (T, d) the experts see the tokens unjittered
         ffn = (self.w1, self.b1, self.w2, self.b2, c.activation, c.activation_dropout, self.training)
         all_out = None

@@ -42,8 +42,6 @@ def check_dir(path: str | Path, what: str) -> None:
     path = Path(path)
     absolute = Path(os.path.abspath(path))
     base = _existing_ancestor(absolute)
-    if base.is_symlink() and _exists(base.resolve()):
-        base = base.resolve()
     if not base.is_dir():
         raise UserError(f"{what} {path}: {base} is a file, not a directory")
     limit = _name_max(base)
