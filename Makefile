@@ -20,7 +20,7 @@ JOBS ?= 2
 STUDY ?= studies/$(basename $(notdir $(RECIPE)))
 DEMO_DIR ?= demo/ding_switch
 
-.PHONY: venv test test-fast demo bench gradients reproduce publish clean-venv
+.PHONY: venv test test-fast demo bench gradients reproduce publish clean-venv gpu-wheels
 
 # Evaluate every finished run of a study: BLEU for translation runs, perplexity for LM runs.
 define eval_study
@@ -102,6 +102,11 @@ bench: $(STAMP)
 
 gradients: $(STAMP)
 	$(SMX) diagnose gradients --json bench/results/gradient_fidelity.json --force
+
+# Wheels for the offline GPU machine (CPython 3.12, its own CUDA torch): fairseq-fixed compiled here without torch, and
+# what else it lacks, into .gpu-wheels/; there, `bash scripts/gpu_setup.sh` installs them.
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
 
 clean-venv:
 	rm -rf $(VENV)

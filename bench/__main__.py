@@ -1,4 +1,4 @@
-"""python -m bench {moe-layer, estimators, train-throughput, all, peak-rss} [options]; see bench/__init__.py."""
+"""python -m bench {moe-layer, estimators, train-throughput, gpu-check, all, peak-rss} [options]; see bench/__init__.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ SUBCOMMANDS = {
     "moe-layer": "bench.moe_layer",
     "estimators": "bench.estimators",
     "train-throughput": "bench.train_throughput",
+    "gpu-check": "bench.gpu_check",
 }
+NOT_IN_ALL = ("gpu-check",)  # the accelerator machine's one prepared check: run on its own
 
 
 def common(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     common(p_all)
     sub.add_parser("peak-rss", help="peak RSS of a command: python -m bench peak-rss [--json F] -- CMD ...")
     args = parser.parse_args(argv)
-    names = list(SUBCOMMANDS) if args.command == "all" else [args.command]
+    names = [n for n in SUBCOMMANDS if n not in NOT_IN_ALL] if args.command == "all" else [args.command]
     for name in names:
         module = modules[name]
         if args.command == "all":

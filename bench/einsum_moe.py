@@ -48,7 +48,7 @@ class EinsumMoE(nn.Module):
         )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        balance, combine, dispatch = top1_einsum_gating(self.gate(x.float()), self.capacity_factor)
+        balance, combine, dispatch = top1_einsum_gating(self.gate(x).float(), self.capacity_factor)
         expert_in = torch.einsum("tec,td->ecd", dispatch.to(x.dtype), x)  # (E, C, d)
         expert_out = torch.stack([expert(block) for expert, block in zip(self.experts, expert_in)])  # (E, C, d)
         y = torch.einsum("tec,ecd->td", combine.to(x.dtype), expert_out)  # (T, d)

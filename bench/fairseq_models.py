@@ -38,6 +38,7 @@ def ensure_data(root: Path) -> Path:
 
 
 def translation_argv(data: Path, arch: str, max_tokens: int, seed: int, extra: list[str]) -> list[str]:
+    """On the CPU; device_argv() turns it into a GPU one."""
     return [str(data), "--task", "translation", "--source-lang", "src", "--target-lang", "tgt", "--arch", arch,
             "--user-dir", str(plugin_env.user_dir()), "--cpu", "--seed", str(seed), "--max-tokens", str(max_tokens),
             "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "5e-4", "--dropout", "0.1",
@@ -53,6 +54,56 @@ def moe_args(data: Path, arch: str, max_tokens: int, seed: int, estimator: str, 
     return translation_argv(data, arch, max_tokens, seed, [
         "--criterion", plugin_env.TRANSLATION_CRITERION, "--moe-num-experts", str(experts), "--moe-k", "1",
         "--moe-estimator", estimator, "--moe-balance-weight", "0.01", "--moe-zloss-weight", "0.001"])
+
+
+def device_argv(argv: list[str], device: str, precision: str) -> list[str]:
+    """argv for `device` (cpu | cuda) and `precision` (fp32 | fp16 | bf16: fairseq's --fp16 / --bf16)."""
+    out = [a for a in argv if a != "--cpu"] if device == "cuda" else list(argv)
+    return out + ({"fp16": ["--fp16"], "bf16": ["--bf16"]}.get(precision, []))
+
+
+@dataclass
+class TrainerParts:
+    name: str
+    trainer: object  # fairseq.trainer.Trainer
+    num_params: int
+
+
+def build_trainer(name: str, argv: list[str], seed: int) -> TrainerParts:
+    """fairseq's own Trainer (device placement, fp16 / bf16 with fp32 master weights, optimizer) as fairseq_cli.train
+    builds it, for one process."""
+    import smx.fairseq_plugin.register  # noqa: F401
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    torch.manual_seed(seed)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    trainer = Trainer(cfg, task, model, criterion)
+    return TrainerParts(name, trainer, sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def trainer_batches(parts: TrainerParts, max_tokens: int, count: int, seed: int) -> list[dict]:
+    task = parts.trainer.task
+    iterator = task.get_batch_iterator(dataset=task.dataset("train"), max_tokens=max_tokens, seed=seed,
+                                       required_batch_size_multiple=8, num_workers=0)
+    return [sample for sample, _ in zip(iterator.next_epoch_itr(shuffle=True), range(count))]
+
+
+def trainer_update_fn(parts: TrainerParts, samples: list[dict]) -> Callable[[], int]:
+    """One Trainer.train_step per call (fairseq moves the batch to the device); returns its target tokens."""
+    state = {"update": 0}
+
+    def step() -> int:
+        sample = samples[state["update"] % len(samples)]
+        parts.trainer.train_step([sample])
+        state["update"] += 1
+        return int(sample["ntokens"])
+    return step
 
 
 def build(name: str, argv: list[str], seed: int) -> Parts:

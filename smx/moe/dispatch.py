@@ -13,7 +13,9 @@ The experts run as one grouped computation over the sorted slices (run_experts p
   synchronisation in the dropless path), biases gathered per row;
 - "loop": plain autograd per expert (any dtype, activation dropout on the CPU; the readable reference).
 All three give the same values and gradients (tests/moe/test_moe_perf_equivalence.py).
-Dropless plans also carry the inverse permutation, so that moving rows between token order and expert order is a
+Static plans (plan_dispatch_static: accelerators) hold all tokens * k assignments, kept ones first, so that no shape
+depends on the routing and nothing synchronises with the host, with a capacity and with padding too.
+Dropless and static plans also carry the inverse permutation, so that moving rows between token order and expert order is a
 gather in both directions (forward and backward): no zero fill + scatter-add, deterministic on accelerators.
 """
 
@@ -31,11 +33,21 @@ BACKENDS = ("auto", "fused", "grouped_mm", "loop")
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def expert_counts(expert_index: Tensor, num_experts: int) -> Tensor:
-    """Assignments per expert, (any shape) int64 -> (E,) int64. scatter_add, not bincount: bincount synchronises
-    with the host on accelerators."""
+def expert_counts(expert_index: Tensor, num_experts: int, valid: Tensor | None = None) -> Tensor:
+    """Assignments per expert, (tokens, ...) int64 -> (E,) int64; valid (tokens,) bool: count those tokens only.
+    scatter_add, not bincount: bincount synchronises with the host on accelerators."""
     flat = expert_index.reshape(-1)
-    return torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add(0, flat, torch.ones_like(flat))
+    if valid is None:
+        return torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add(
+            0, flat, torch.ones_like(flat))
+    flat = torch.where(routed_assignments(valid, flat.numel() // max(valid.numel(), 1)), flat, num_experts)
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)  # last bin: the padding
+    return counts.scatter_add(0, flat, torch.ones_like(flat))[:num_experts]
+
+
+def routed_assignments(valid: Tensor, k: int) -> Tensor:
+    """(tokens,) bool -> (tokens * k,) bool: assignment t * k + j is routed iff token t is."""
+    return valid.unsqueeze(1).expand(-1, k).reshape(-1)
 
 
 def expert_capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: float | None) -> int | None:
@@ -50,6 +62,13 @@ def expert_capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: 
     return math.ceil(round(capacity_factor * k * num_tokens / num_experts, 9))
 
 
+def expert_capacity_on_device(num_tokens: Tensor, num_experts: int, k: int, capacity_factor: float) -> Tensor:
+    """expert_capacity for a token count held on the device (() int64): the same value, no host synchronisation.
+    The rounding to 9 decimals is done in float64 as round-half-even on the scaled value."""
+    scaled = num_tokens.double() * (capacity_factor * k) / num_experts  # the same float64 product as the host's
+    return torch.ceil(torch.round(scaled * 1e9) / 1e9).long()
+
+
 @dataclass(frozen=True)
 class DispatchPlan:
     """Which assignments each expert computes, grouped by expert (expert 0's slice first)."""
@@ -60,13 +79,21 @@ class DispatchPlan:
     offsets: Tensor  # (n_experts,) int32 end of each expert's slice (cumulative kept counts), on the device
     counts: Tensor  # (n_experts,) int64 routed assignments per expert BEFORE the capacity drop
     kept: Tensor  # (tokens, k) bool, False = dropped by the capacity
-    inverse: Tensor | None = None  # dropless only: (tokens * k,) int64 plan position of each assignment
+    inverse: Tensor | None = None  # dropless and static plans: (tokens * k,) int64 plan position of each assignment
+    # static plans only: (tokens * k,) bool, True on the rows inside an expert's slice; the rows after the last slice
+    # (padding and dropped assignments, in any order) are computed by no expert and combined with weight 0
+    row_valid: Tensor | None = None
 
     @property
     def sizes(self) -> tuple[int, ...]:
         """(n_experts,) kept assignments per expert as host ints (a host synchronisation on accelerators)."""
         ends = self.offsets.tolist()
         return tuple(b - a for a, b in zip([0] + ends[:-1], ends))
+
+    @property
+    def rows(self) -> int:
+        """Rows of the plan (n_kept for compact plans; tokens * k for static ones), known without a sync."""
+        return self.assignment.shape[0]
 
 
 def plan_dispatch(
@@ -109,6 +136,47 @@ def plan_dispatch(
                         kept=kept, inverse=inverse)
 
 
+def plan_dispatch_static(expert_index: Tensor, num_experts: int, capacity: int | Tensor | None,
+                         priority: Tensor | None = None, valid: Tensor | None = None) -> DispatchPlan:
+    """plan_dispatch with shapes that do not depend on the routing: no host synchronisation, also with a capacity
+    (an int, or a device tensor from expert_capacity_on_device) and with padding (valid (tokens,) bool, False =
+    padding). The plan holds every one of the tokens * k assignments: the kept ones grouped by expert exactly as
+    plan_dispatch orders them, then the dropped and padding ones, which row_valid marks and no expert computes.
+    """
+    num_tokens, k = expert_index.shape
+    device = expert_index.device
+    flat_expert = expert_index.reshape(-1)  # (n,) n = tokens * k
+    n = flat_expert.numel()
+    positions = torch.arange(n, device=device)
+    routed = None if valid is None else routed_assignments(valid, k)  # (n,)
+    key = flat_expert if routed is None else torch.where(routed, flat_expert, num_experts)  # padding: group E
+    if priority is None:
+        order = torch.argsort(key, stable=True)  # (n,) grouped by expert, token order inside, padding last
+    else:
+        by_priority = torch.argsort(priority.detach().reshape(-1), descending=True, stable=True)  # (n,)
+        order = by_priority[torch.argsort(key[by_priority], stable=True)]
+    counts_all = torch.zeros(num_experts + 1, dtype=torch.int64, device=device).scatter_add(
+        0, key, torch.ones_like(key))  # (E + 1,)
+    counts = counts_all[:num_experts]  # (E,) routed assignments before the capacity drop
+    sorted_key = key[order]  # (n,) non-decreasing
+    if capacity is None:
+        kept_sorted = sorted_key < num_experts  # (n,)
+        kept_counts = counts
+    else:
+        starts = torch.cumsum(counts_all, 0) - counts_all  # (E + 1,)
+        rank = positions - starts[sorted_key]  # (n,) rank inside the expert's group
+        kept_sorted = (sorted_key < num_experts) & (rank < capacity)  # (n,)
+        regroup = torch.argsort(torch.where(kept_sorted, sorted_key, num_experts), stable=True)  # dropped last
+        order, sorted_key, kept_sorted = order[regroup], sorted_key[regroup], kept_sorted[regroup]
+        kept_counts = counts.clamp(max=capacity)
+    offsets = torch.cumsum(kept_counts, 0).to(torch.int32)  # (E,)
+    kept = torch.zeros(n, dtype=torch.bool, device=device).scatter(0, order, kept_sorted).reshape(num_tokens, k)
+    inverse = torch.empty_like(order).scatter_(0, order, positions)  # (n,) inverse permutation
+    return DispatchPlan(token=torch.div(order, k, rounding_mode="floor"), assignment=order,
+                        expert=sorted_key.clamp(max=num_experts - 1), offsets=offsets, counts=counts, kept=kept,
+                        inverse=inverse, row_valid=positions < offsets[-1].long())
+
+
 class _Regroup(torch.autograd.Function):
     """Dropless row moves between token order and plan order as gathers in both directions (no zero fill and
     scatter-add; deterministic on accelerators). out = src[index] (summed over groups of `k` rows when k > 1);
@@ -134,7 +202,7 @@ def _gather_sum(src: Tensor, index: Tensor, k: int) -> Tensor:
 
 
 def dispatch_rows(x: Tensor, plan: DispatchPlan) -> Tensor:
-    """x (tokens, d) -> (n_kept, d) grouped by expert (plan order)."""
+    """x (tokens, d) -> (plan.rows, d) grouped by expert (plan order)."""
     if plan.inverse is None:
         return x.index_select(0, plan.token)  # backward: index_add
     return _Regroup.apply(x, plan.token, 1, plan.inverse, plan.kept.shape[1])
@@ -235,11 +303,20 @@ class _ContiguousGrad(torch.autograd.Function):
 
 def _grouped_mm_experts(xs: Tensor, plan: DispatchPlan, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                         activation: str, dropout: float, training: bool) -> Tensor:
-    """Grouped GEMMs over the sorted slices, offsets on the device. xs (n, d) -> (n, d)."""
+    """Grouped GEMMs over the sorted slices, offsets on the device. xs (n, d) -> (n, d).
+
+    Static plans: grouped_mm leaves the rows after the last slice unspecified (forward and backward), so they are
+    set to 0 with torch.where at the input, between the GEMMs and at the output: no garbage or NaN reaches a value
+    or a gradient, and the weights' gradients cover the slices only."""
+    mask = None if plan.row_valid is None else plan.row_valid.unsqueeze(1)  # (n, 1)
+    if mask is not None:
+        xs = torch.where(mask, xs, 0)
     h = _ContiguousGrad.apply(F.grouped_mm(xs, w1, offs=plan.offsets))  # (n, d_ff)
     h = F.dropout(_activate(h + b1.index_select(0, plan.expert), activation), p=dropout, training=training)
-    y = _ContiguousGrad.apply(F.grouped_mm(h, w2, offs=plan.offsets))  # (n, d)
-    return y + b2.index_select(0, plan.expert)
+    if mask is not None:
+        h = torch.where(mask, h, 0)
+    y = _ContiguousGrad.apply(F.grouped_mm(h, w2, offs=plan.offsets)) + b2.index_select(0, plan.expert)  # (n, d)
+    return y if mask is None else torch.where(mask, y, 0)
 
 
 def _loop_experts(xs: Tensor, sizes: tuple[int, ...], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
@@ -252,9 +329,10 @@ def _loop_experts(xs: Tensor, sizes: tuple[int, ...], w1: Tensor, b1: Tensor, w2
 
 
 def grouped_mm_supports(x: Tensor, w1: Tensor) -> bool:
-    """torch's grouped GEMM wants float32/bf16/fp16 operands of one dtype and 16-byte aligned rows (d, d_ff)."""
+    """torch's grouped GEMM (torch >= 2.9) wants float32/bf16/fp16 operands of one dtype and 16-byte aligned rows
+    (d, d_ff)."""
     aligned = all(n * x.element_size() % 16 == 0 for n in w1.shape[1:])
-    return x.dtype in GROUPED_MM_DTYPES and w1.dtype == x.dtype and aligned
+    return hasattr(F, "grouped_mm") and x.dtype in GROUPED_MM_DTYPES and w1.dtype == x.dtype and aligned
 
 
 def choose_backend(x: Tensor, w1: Tensor, dropout: float, training: bool) -> str:
@@ -267,20 +345,33 @@ def choose_backend(x: Tensor, w1: Tensor, dropout: float, training: bool) -> str
 
 def run_experts(x: Tensor, plan: DispatchPlan, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activation: str,
                 dropout: float, training: bool, backend: str = "auto") -> Tensor:
-    """Each expert on its contiguous slice of the kept assignments. x (tokens, d) -> (n_kept, d) in plan order.
+    """Each expert on its contiguous slice of the kept assignments. x (tokens, d) -> (plan.rows, d) in plan order
+    (a static plan's rows after the last slice are 0).
 
     w1 (E, d, d_ff), b1 (E, d_ff), w2 (E, d_ff, d), b2 (E, d). backend: one of BACKENDS ("auto": choose_backend).
+    Only grouped_mm runs without host synchronisation; fused and loop need the slice sizes on the host.
     """
     if backend == "auto":
         backend = choose_backend(x, w1, dropout, training)
     if backend not in BACKENDS:
         raise ValueError(f"unknown expert backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    xs = dispatch_rows(x, plan)  # (n_kept, d) grouped by expert
+    xs = dispatch_rows(x, plan)  # (rows, d) grouped by expert
     if backend == "grouped_mm":
         return _grouped_mm_experts(xs, plan, w1, b1, w2, b2, activation, dropout, training)
+    sizes = plan.sizes
+    kept = sum(sizes)
+    if kept < xs.shape[0]:  # static plan: the slices, then 0 for the trailing rows
+        out = run_experts_on(xs[:kept], sizes, w1, b1, w2, b2, activation, dropout, training, backend)
+        return torch.cat([out, out.new_zeros(xs.shape[0] - kept, out.shape[1])])
+    return run_experts_on(xs, sizes, w1, b1, w2, b2, activation, dropout, training, backend)
+
+
+def run_experts_on(xs: Tensor, sizes: tuple[int, ...], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                   activation: str, dropout: float, training: bool, backend: str) -> Tensor:
+    """The host-sized backends (fused, loop) on rows already grouped by expert. xs (n, d) -> (n, d)."""
     if backend == "fused" and not (training and dropout > 0):
-        return _FusedExperts.apply(xs, w1, b1, w2, b2, plan.sizes, activation)
-    return _loop_experts(xs, plan.sizes, w1, b1, w2, b2, activation, dropout, training)
+        return _FusedExperts.apply(xs, w1, b1, w2, b2, sizes, activation)
+    return _loop_experts(xs, sizes, w1, b1, w2, b2, activation, dropout, training)
 
 
 def all_experts(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activation: str, dropout: float,
@@ -294,11 +385,14 @@ def all_experts(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activ
 def combine(expert_out: Tensor, plan: DispatchPlan, gate: Tensor, num_tokens: int) -> Tensor:
     """y_t = sum over token t's kept assignments of gate * expert output, in float32. -> (tokens, d) float32.
 
-    expert_out (n_kept, d) in plan order; gate (tokens, k) float32 (carries the router gradient).
+    expert_out (rows, d) in plan order; gate (tokens, k) float32 (carries the router gradient). A static plan's
+    rows after the last slice (dropped, padding) get weight 0, through torch.where (their gate gets no gradient).
     """
-    weight = gate.reshape(-1).index_select(0, plan.assignment).unsqueeze(1)  # (n_kept, 1)
-    weighted = expert_out.float() * weight  # (n_kept, d)
-    if plan.inverse is not None:  # dropless: token t's k rows are at inverse[t*k : t*k+k]
+    weight = gate.reshape(-1).index_select(0, plan.assignment).unsqueeze(1)  # (rows, 1)
+    weighted = expert_out.float() * weight  # (rows, d)
+    if plan.row_valid is not None:
+        weighted = torch.where(plan.row_valid.unsqueeze(1), weighted, 0)
+    if plan.inverse is not None:  # dropless or static: token t's k rows are at inverse[t*k : t*k+k]
         return _Regroup.apply(weighted, plan.inverse, plan.kept.shape[1], plan.token, 1)
     y = weighted.new_zeros(num_tokens, expert_out.shape[1])  # (tokens, d)
     return y.index_add(0, plan.token, weighted)

@@ -10,6 +10,11 @@ balance loss takes the router softmax and the routed experts, or with balance_so
 estimator's reference code uses (Estimator.balance_inputs). Training uses capacity_factor, evaluation
 eval_capacity_factor (None = dropless); `self.training` also selects the estimator's
 training or (deterministic) evaluation routing.
+
+Host synchronisation (`sync_free`): on the CPU the layer removes padding by index and cuts dropped assignments out
+of the plan (host-sized, free there); on accelerators it routes every position with a `valid` mask and uses a
+static plan (plan_dispatch_static), so that no shape depends on the routing and nothing waits for the host. Both give
+the same values for deterministic routing; sampling estimators draw their noise for every position in the second.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from torch import Tensor, nn
 from smx import estimators
 from smx.estimators.base import Estimator, Routing
 from smx.moe.config import MoEConfig
-from smx.moe.dispatch import (DispatchPlan, all_experts, combine, expert_capacity, expert_counts, plan_dispatch,
-                              run_experts)
+from smx.moe.dispatch import (DispatchPlan, all_experts, combine, expert_capacity, expert_capacity_on_device,
+                              expert_counts, plan_dispatch, plan_dispatch_static, run_experts)
 from smx.moe.losses import RoutingStats, load_balance_loss, routing_stats, z_loss
 from smx.moe.router import Router
 
@@ -115,6 +120,8 @@ class MoEFeedForward(nn.Module):
         self.config = config
         self.estimator = estimator
         self.expert_backend = "auto"  # smx.moe.dispatch.BACKENDS: how the experts run (same values, speed only)
+        self.sync_free: bool | None = None  # None: on accelerators only (see the module docstring)
+        self._counted_update_host: int | None = None  # host copy of counted_update (None: read it once)
         self.d_model = d_model
         self.d_ff = config.expert_ffn_dim or d_ff  # each expert's hidden size
         num_experts, d_ff = config.num_experts, self.d_ff
@@ -156,13 +163,17 @@ class MoEFeedForward(nn.Module):
         if x.shape[-1] != self.d_model:
             raise ValueError(f"MoE input last dimension must be d_model={self.d_model}; got shape {tuple(x.shape)}")
         flat = x.reshape(-1, self.d_model)  # (N, d) all positions
+        if padding_mask is not None and padding_mask.shape != x.shape[:-1]:
+            raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal x.shape[:-1] = "
+                             f"{tuple(x.shape[:-1])}")
+        if self.sync_free if self.sync_free is not None else x.device.type != "cpu":
+            valid = None if padding_mask is None else ~padding_mask.reshape(-1).bool()  # (N,)
+            y, balance, zl, stats = self._moe(flat, generator, valid)  # (N, d), pads 0
+            return MoEOutput(y=y.to(x.dtype).reshape(x.shape), balance_loss=balance, z_loss=zl, stats=stats)
         if padding_mask is None:
             routed_index = None
             tokens = flat  # (T, d)
         else:
-            if padding_mask.shape != x.shape[:-1]:
-                raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal x.shape[:-1] = "
-                                 f"{tuple(x.shape[:-1])}")
             routed_index = (~padding_mask.reshape(-1).bool()).nonzero().squeeze(1)  # (T,)
             tokens = flat[routed_index]  # (T, d)
         y, balance, zl, stats = self._moe(tokens, generator)  # y (T, d) float32
@@ -170,19 +181,29 @@ class MoEFeedForward(nn.Module):
             y = y.new_zeros(flat.shape[0], self.d_model).index_copy(0, routed_index, y)  # (N, d), pads 0
         return MoEOutput(y=y.to(x.dtype).reshape(x.shape), balance_loss=balance, z_loss=zl, stats=stats)
 
-    def _moe(self, tokens: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, RoutingStats]:
+    def _moe(self, tokens: Tensor, generator: torch.Generator | None,
+             valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, RoutingStats]:
+        """tokens (T, d) -> (y (T, d) float32, balance, z-loss, stats). valid (T,) bool (False = padding): the
+        sync-free form, with a static plan (also when valid is None); None with compact tokens: the CPU form."""
         c, est = self.config, self.estimator
+        static = valid is not None or (self.sync_free if self.sync_free is not None else tokens.device.type != "cpu")
         num_tokens = tokens.shape[0]
         logits = self.router(tokens, generator)  # (T, E) float32
         extra = {} if c.score == "softmax" and self.selection_bias is None else \
             {"score": c.score, "bias": None if self.selection_bias is None else self.selection_bias.detach()}
         routing: Routing = est(logits, k=c.k, training=self.training, generator=generator, **extra)
         factor = c.capacity_factor if self.training else c.eval_capacity_factor
-        capacity = expert_capacity(num_tokens, c.num_experts, c.k, factor)
+        if factor is not None and valid is not None:  # the routed count stays on the device
+            capacity = expert_capacity_on_device(valid.sum(), c.num_experts, c.k, factor)
+        else:
+            capacity = expert_capacity(num_tokens, c.num_experts, c.k, factor)
         priority = None
         if c.drop_policy == "probability" and capacity is not None:
             priority = routing.probs.gather(1, routing.expert_index)  # (T, k) router probability of each choice
-        plan = plan_dispatch(routing.expert_index, c.num_experts, capacity, priority)
+        if static:
+            plan = plan_dispatch_static(routing.expert_index, c.num_experts, capacity, priority, valid)
+        else:
+            plan = plan_dispatch(routing.expert_index, c.num_experts, capacity, priority)
         if self.selection_bias is not None and self.training:
             self.pending_counts += plan.counts  # (E,) routed assignments, before any capacity drop
         expert_in = tokens.to(self.w1.dtype)  # (T, d) the experts see the tokens unjittered
@@ -190,9 +211,9 @@ class MoEFeedForward(nn.Module):
         all_out = None
         if est.dense:
             all_out = all_experts(expert_in, *ffn)  # (T, E, d)
-            expert_out = all_out[plan.token, plan.expert]  # (n_kept, d)
+            expert_out = all_out[plan.token, plan.expert]  # (rows, d)
         else:
-            expert_out = run_experts(expert_in, plan, *ffn, backend=self.expert_backend)  # (n_kept, d)
+            expert_out = run_experts(expert_in, plan, *ffn, backend=self.expert_backend)  # (rows, d)
         y = combine(expert_out, plan, routing.gate, num_tokens)  # (T, d) float32
         if all_out is not None and routing.dense_weight is not None:
             y = y + torch.einsum("te,ted->td", routing.dense_weight.float(), all_out.float())
@@ -204,13 +225,15 @@ class MoEFeedForward(nn.Module):
             y = y * self.omega.float()
         if self.shared is not None:
             y = y + self.shared(expert_in, c.activation, c.activation_dropout, self.training)  # (T, d)
+        if valid is not None:
+            y = torch.where(valid.unsqueeze(1), y, 0)  # padding positions: 0, and no gradient
         balance_probs, balance_index = routing.probs, routing.expert_index
         if c.balance_source == "reference":
             balance_probs, balance_index = est.balance_inputs(logits, routing, c.k)
-        balance = load_balance_loss(balance_probs.float(), balance_index)
-        zl = z_loss(logits)
+        balance = load_balance_loss(balance_probs.float(), balance_index, valid)
+        zl = z_loss(logits, valid)
         stats = routing_stats(routing.probs, routing.expert_index, plan.kept, logits,
-                              est.no_gradient_tokens(logits, routing, c.k) if self.training else None)
+                              est.no_gradient_tokens(logits, routing, c.k) if self.training else None, valid)
         return y, balance, zl, stats
 
     @torch.no_grad()
@@ -218,24 +241,35 @@ class MoEFeedForward(nn.Module):
         """fairseq calls this before every micro-batch with the update it belongs to (FairseqTask.train_step). When a
         new update starts, the expert counts c of the previous one (all its micro-batches, every rank) move the
         loss-free selection bias: b_i <- b_i + u * sign(mean(c) - c_i) (Wang et al. 2024, Algorithm 1)."""
-        if self.selection_bias is None or int(self.counted_update) == num_updates:
+        if self.selection_bias is None:
+            return
+        if self._counted_update_host is None:  # once per process (and after a state-dict load): one host read
+            self._counted_update_host = int(self.counted_update)
+        if self._counted_update_host == num_updates:
             return
         counts = self.pending_counts.clone()  # (E,) int64: never cast by .half(), never overflows
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
-        if counts.sum() > 0:
-            step = loss_free_step(counts.double(), self.config.bias_update_rate)  # (E,)
-            self.selection_bias.copy_(self.selection_bias.double() + step)
+        step = loss_free_step(counts.double(), self.config.bias_update_rate)  # (E,); 0 where no token was counted
+        self.selection_bias.copy_(self.selection_bias.double() + step * (counts.sum() > 0))
         self.pending_counts.zero_()
         self.counted_update.fill_(num_updates)
+        self._counted_update_host = num_updates
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._counted_update_host = None  # the loaded counted_update is read again at the next update
 
     @torch.no_grad()
     def _update_default_vectors(self, expert_out: Tensor, plan: DispatchPlan) -> None:
         """EMA (beta = estimator.beta) of each expert's mean output over the tokens it computed this step."""
         num_experts = self.config.num_experts
-        sums = expert_out.detach().float().new_zeros(num_experts, self.d_model)
-        sums.index_add_(0, plan.expert, expert_out.detach().float())  # (E, d)
-        counts = expert_counts(plan.expert, num_experts)  # (E,)
+        out = expert_out.detach().float()  # (rows, d); a static plan's trailing rows count for no expert
+        sums = out.new_zeros(num_experts, self.d_model)
+        if plan.row_valid is not None:
+            out = torch.where(plan.row_valid.unsqueeze(1), out, 0)
+        sums.index_add_(0, plan.expert, out)  # (E, d)
+        counts = expert_counts(plan.expert.unsqueeze(1), num_experts, plan.row_valid)  # (E,)
         vectors = self.default_vectors.float()  # a copy if the module was cast to another dtype
         ema_update(vectors, self.default_initialized, sums, counts, float(self.estimator.beta))
         if vectors is not self.default_vectors:

@@ -1,7 +1,8 @@
 """Auxiliary losses and routing statistics of one MoE layer (DESIGN.md section 5). Pure functions.
 
-Inputs cover the routed (non-padding) tokens only: the layer removes padding before routing, so padding never
-enters a loss or a statistic. With zero routed tokens every loss and statistic is 0 (no NaN).
+Padding never enters a loss or a statistic: on the CPU the layer removes it before routing; on accelerators it routes
+every position (no host synchronisation) and passes `valid` (tokens,) bool, False = padding, which every function
+here takes: means are then over the valid tokens only. With zero routed tokens every loss and statistic is 0 (no NaN).
 """
 
 from __future__ import annotations
@@ -27,19 +28,28 @@ class RoutingStats:
     logit_rms: Tensor  # () float32 router-logit scale sqrt(mean z^2) over tokens and experts
 
 
-def assignment_fractions(expert_index: Tensor, num_experts: int) -> Tensor:
+def token_weights(num_tokens: int, valid: Tensor | None, like: Tensor) -> tuple[Tensor | None, Tensor | int]:
+    """(w (tokens,) float32 or None, routed token count clamped to >= 1: an int, or () tensor when valid is given)."""
+    if valid is None:
+        return None, max(num_tokens, 1)
+    return valid.to(like.dtype), valid.sum().clamp(min=1)
+
+
+def assignment_fractions(expert_index: Tensor, num_experts: int, valid: Tensor | None = None) -> Tensor:
     """f_i = (assignments routed to expert i) / (tokens * k), before any capacity drop. (tokens, k) -> (E,) f32."""
-    return expert_counts(expert_index, num_experts).float() / max(expert_index.numel(), 1)
+    _, count = token_weights(expert_index.shape[0], valid, expert_index)
+    return expert_counts(expert_index, num_experts, valid).float() / (count * expert_index.shape[1])
 
 
-def load_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
+def load_balance_loss(probs: Tensor, expert_index: Tensor, valid: Tensor | None = None) -> Tensor:
     """Switch load balance: E * sum_i f_i P_i; f = routed fraction (no gradient), P = mean router prob over tokens.
 
     probs (tokens, E) float32, expert_index (tokens, k). Equals 1 under perfectly uniform routing.
     """
     num_tokens, num_experts = probs.shape
-    f = assignment_fractions(expert_index, num_experts)  # (n_experts,)
-    mean_prob = probs.sum(0) / max(num_tokens, 1)  # (n_experts,)
+    f = assignment_fractions(expert_index, num_experts, valid)  # (n_experts,)
+    w, count = token_weights(num_tokens, valid, probs)
+    mean_prob = (probs if w is None else probs * w.unsqueeze(1)).sum(0) / count  # (n_experts,)
     return num_experts * (f * mean_prob).sum()
 
 
@@ -61,34 +71,43 @@ def balance_term(balances: Tensor, weight: float, reduction: str, sample_size: f
     raise ValueError(f"balance reduction must be one of {', '.join(BALANCE_REDUCTIONS)}; got {reduction!r}")
 
 
-def z_loss(logits: Tensor) -> Tensor:
+def token_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of (tokens,) values over the valid tokens (0 when there are none)."""
+    w, count = token_weights(values.shape[0], valid, values)
+    return (values if w is None else values * w).sum() / count
+
+
+def z_loss(logits: Tensor, valid: Tensor | None = None) -> Tensor:
     """Router z-loss mean over tokens of logsumexp(z)^2. logits (tokens, E) -> ()."""
-    lse = torch.logsumexp(logits.float(), dim=-1)  # (tokens,)
-    return lse.square().sum() / max(logits.shape[0], 1)
+    return token_mean(torch.logsumexp(logits.float(), dim=-1).square(), valid)
 
 
-def router_entropy(probs: Tensor) -> Tensor:
+def router_entropy(probs: Tensor, valid: Tensor | None = None) -> Tensor:
     """Mean over tokens of -sum_i p_i log p_i (0 log 0 = 0). (tokens, E) -> ()."""
-    plogp = torch.special.xlogy(probs, probs)  # (tokens, E)
-    return -plogp.sum() / max(probs.shape[0], 1)
+    return token_mean(-torch.special.xlogy(probs, probs).sum(dim=1), valid)
 
 
 def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor, logits: Tensor | None = None,
-                  no_gradient: Tensor | None = None) -> RoutingStats:
+                  no_gradient: Tensor | None = None, valid: Tensor | None = None) -> RoutingStats:
     """probs (tokens, E), expert_index (tokens, k), kept (tokens, k) bool (False = dropped by the capacity), logits
-    (tokens, E) the router's, no_gradient (tokens,) bool: tokens whose router gets no task gradient (None: none)."""
+    (tokens, E) the router's, no_gradient (tokens,) bool: tokens whose router gets no task gradient (None: none),
+    valid (tokens,) bool (None: every token is routed)."""
     with torch.no_grad():
         num_tokens, num_experts = probs.shape
-        counts = expert_counts(expert_index, num_experts)  # (n_experts,)
-        load = counts.float() / max(expert_index.numel(), 1)  # (n_experts,)
-        dropped = (~kept).sum().float() / max(kept.numel(), 1)
+        k = expert_index.shape[1]
+        counts = expert_counts(expert_index, num_experts, valid)  # (n_experts,)
+        load = assignment_fractions(expert_index, num_experts, valid)  # (n_experts,)
+        dropped = ~kept if valid is None else ~kept & valid.unsqueeze(1)  # (tokens, k)
         zero = probs.new_zeros(())
+        any_routed = num_tokens > 0 if valid is None else valid.any()
         return RoutingStats(
             load=load,
-            dropped=dropped,
-            entropy=router_entropy(probs.float()),
+            dropped=token_mean(dropped.float().sum(1), valid) / k,
+            entropy=router_entropy(probs.float(), valid),
             unused=(counts == 0).sum(),
-            imbalance=load.max() * num_experts if num_tokens else zero,
-            no_gradient=zero if no_gradient is None else no_gradient.float().sum() / max(num_tokens, 1),
-            logit_rms=zero if logits is None or not num_tokens else logits.detach().float().square().mean().sqrt(),
+            imbalance=torch.where(torch.as_tensor(any_routed, device=load.device), load.max() * num_experts, zero)
+            if num_tokens else zero,
+            no_gradient=zero if no_gradient is None else token_mean(no_gradient.float(), valid),
+            logit_rms=zero if logits is None or not num_tokens
+            else token_mean(logits.detach().float().square().mean(1), valid).sqrt(),
         )
