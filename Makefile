@@ -20,7 +20,7 @@ JOBS ?= 2
 STUDY ?= studies/$(basename $(notdir $(RECIPE)))
 DEMO_DIR ?= demo/ding_switch
 
-.PHONY: venv test test-fast demo bench gradients reproduce publish clean-venv gpu-wheels
+.PHONY: venv test test-fast demo bench gradients reproduce publish clean-venv gpu-check gpu-wheels
 
 # Evaluate every finished run of a study: BLEU for translation runs, perplexity for LM runs.
 define eval_study
@@ -110,3 +110,7 @@ gpu-wheels:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The accelerator machine's one prepared check (README "On a GPU"); --device cpu --quick runs it here.
+gpu-check:
+	python3 -m bench gpu-check
