@@ -1,4 +1,5 @@
-"""python -m bench {moe-layer, estimators, train-throughput, gpu-check, all, peak-rss} [options]; see bench/__init__.py."""
+"""python -m bench {moe-layer, estimators, variants, train-throughput, gpu-check, all, peak-rss} [options]; see
+bench/__init__.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 SUBCOMMANDS = {
     "moe-layer": "bench.moe_layer",
     "estimators": "bench.estimators",
+    "variants": "bench.variants",
     "train-throughput": "bench.train_throughput",
     "gpu-check": "bench.gpu_check",
 }

@@ -92,9 +92,9 @@ def step(layer: MoEFeedForward, x: torch.Tensor, pad: torch.Tensor | None, g: to
         p.grad = None
     x = x.detach().clone().requires_grad_(True)
     out = layer(x, pad)
-    torch.autograd.backward([out.y, out.balance_loss, out.z_loss],
-                            [g, torch.tensor(0.5, device=x.device), torch.tensor(0.1, device=x.device)])
-    tensors = {"y": out.y, "balance_loss": out.balance_loss, "z_loss": out.z_loss, "grad_x": x.grad}
+    torch.autograd.backward([out.y, out.aux_loss(0.5, 0.1)], [g, torch.ones((), device=x.device)])
+    tensors = {"y": out.y, "balance_loss": out.balance_loss, "z_loss": out.z_loss, "penalty": out.penalty,
+               "grad_x": x.grad}
     tensors.update({f"grad_{n}": p.grad for n, p in layer.named_parameters() if p.grad is not None})
     return {n: t.detach().double().cpu() for n, t in tensors.items()}
 
@@ -187,7 +187,7 @@ def run_step_on_device(layer: MoEFeedForward, x: torch.Tensor, pad: torch.Tensor
     for p in layer.parameters():
         p.grad = None
     out = layer(x, pad)
-    torch.autograd.backward([out.y, out.balance_loss], [g, torch.ones((), device=x.device)])
+    torch.autograd.backward([out.y, out.aux_loss(0.01)], [g, torch.ones((), device=x.device)])
 
 
 def run(device: torch.device) -> dict:

@@ -40,12 +40,10 @@ def dense_step(ffn: nn.Module, x: Tensor, g: Tensor) -> Callable[[], None]:
 
 
 def smx_step(moe: MoEFeedForward, x: Tensor, g: Tensor) -> Callable[[], None]:
-    one = torch.tensor(AUX_WEIGHT)
-
     def step() -> None:
         zero_grads(moe, x)
         out = moe(x)
-        torch.autograd.backward([out.y, out.balance_loss], [g, one])
+        torch.autograd.backward([out.y, out.aux_loss(AUX_WEIGHT)], [g, torch.ones(())])
     return step
 
 

@@ -21,7 +21,7 @@ def test_study_rows_and_expected_ordering():
 
 def test_top1_estimators_are_skipped_for_k2():
     r = study(experts=3, k=2, tokens=4, samples=50, loss="quadratic")
-    assert set(r["skipped"]) == {"sparsemixer_1st", "sparsemixer", "sparsemixer_inf"}
+    assert set(r["skipped"]) == {"sparsemixer_1st", "sparsemixer", "sparsemixer_inf", "remoe"}
     assert {row["estimator"] for row in r["rows"]} == {"topk", "straight_through", "sparsemixer_v2", "default_moe",
                                                              "densemixer"}
 

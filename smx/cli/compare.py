@@ -1,4 +1,4 @@
-"""`smx compare`: aggregate runs per estimator (smx.study.compare), print the table, write the outputs."""
+"""`smx compare`: aggregate runs per arm (smx.study.compare), print the table, write the outputs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from smx.cli.output import table_console
@@ -30,7 +31,8 @@ def compare(
     out: Optional[Path] = typer.Option(
         None, help="Output directory (default: STUDY/compare for one study dir, else ./compare)."),
 ) -> None:
-    """Table, curves and steps-to-target speed-ups of runs grouped by estimator, seeds aggregated."""
+    """Table, curves and steps-to-target speed-ups of runs grouped by arm (estimator and routing variant), seeds
+    aggregated."""
     paths = discover(runs)
     if out is None:
         single_study = len(runs) == 1 and not RunDir(runs[0]).meta.is_file()
@@ -42,12 +44,12 @@ def compare(
     c = summarize(loaded, metric=metric, baseline=baseline or "topk", target=target, interpolate=interpolate,
                   require_baseline=baseline is not None, skipped=skipped)
     headers, rows = table_rows(c)
-    table = Table(title=f"{len(loaded)} runs, {len(c.groups)} estimators"
+    table = Table(title=f"{len(loaded)} runs, {len(c.groups)} arms"
                   + (f", target {c.metric} {c.target:.4f} ({c.target_source})" if c.target is not None else ""))
     for i, h in enumerate(headers):
         table.add_column(h, overflow="fold", no_wrap=i == 0)
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*map(escape, r))  # an arm label such as topk[balance=loss_free] is text, not markup
     console = table_console()
     console.print(table)
     console.print(protocol_line(c).replace("**", ""), markup=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from smx.estimators.base import Estimator, Routing
 from smx.estimators.default_moe import DefaultMoE
 from smx.estimators.densemixer import DenseMixer
+from smx.estimators.remoe import ReMoE
 from smx.estimators.sparsemixer import SparseMixer
 from smx.estimators.sparsemixer_1st import SparseMixerFirstOrder
 from smx.estimators.sparsemixer_inf import SparseMixerIntegral
@@ -19,7 +20,7 @@ from smx.estimators.topk import TopK
 REGISTRY: dict[str, type[Estimator]] = {
     cls.name: cls
     for cls in (TopK, StraightThrough, SparseMixerFirstOrder, SparseMixer, SparseMixerIntegral, SparseMixerV2,
-                DefaultMoE, DenseMixer)
+                DefaultMoE, DenseMixer, ReMoE)
 }
 
 __all__ = ["Estimator", "Routing", "REGISTRY", "names", "get"]

@@ -2,10 +2,11 @@
 
 An estimator maps router logits to a Routing. Those whose selection is a top-k of the scores (`top_k_selection`)
 also take a selection bias (loss-free balancing: experts chosen by top-k of s + b, gates from s), and those listing
-"sigmoid" in `scores` take sigmoid scores (DeepSeek-V3: s = sigmoid(z), gates renormalized over the k when k > 1). Its router gradient reaches the logits through ordinary autograd on
-the tensors it returns: `gate` (multiplies the chosen experts' outputs), and for the estimators that need them
-`dense_weight` (multiplies every expert's output; forward value 0) or `default_weight` (multiplies per-expert
-default vectors kept by the layer).
+"sigmoid" in `scores` take sigmoid scores (DeepSeek-V3: s = sigmoid(z), gates renormalized over the k when k > 1);
+ReMoE (`variable_k`) routes each token to a variable number of experts (Routing.active). Its router gradient reaches
+the logits through ordinary autograd on the tensors it returns: `gate` (multiplies the chosen experts' outputs), and
+for the estimators that need them `dense_weight` (multiplies every expert's output; forward value 0) or
+`default_weight` (multiplies per-expert default vectors kept by the layer).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class Routing:
     # Default MoE only, in training: (tokens, n_experts), p_i on unselected experts and 0 on selected ones; the layer
     # adds sum_i default_weight_i * default_vector_i.
     default_weight: Tensor | None = None
+    # Variable-count estimators only (ReMoE): (tokens, k) bool, True on the assignments that exist (a nonzero gate);
+    # the others are computed by no expert and enter no count. None: every assignment exists.
+    active: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,12 @@ class Estimator:
     masked_sampling: ClassVar[bool] = False  # True: the SparseMixer family (jitter_eps is the mask's band)
     scores: ClassVar[tuple[str, ...]] = ("softmax",)  # SCORES it is defined on (moe.score)
     top_k_selection: ClassVar[bool] = False  # True: experts = top-k of the scores (+ a loss-free selection bias)
+    variable_k: ClassVar[bool] = False  # True: a variable number of experts per token (Routing.active)
+    balance_loss: ClassVar[bool] = True  # False: no balance loss (ReMoE: its L1 penalty); moe.balance_weight unused
 
     def validate(self, k: int, num_experts: int, score: str = "softmax", balance: str = "loss") -> None:
         """Raise ValueError when this estimator cannot route with top-k over num_experts experts, with `score`
-        (softmax | sigmoid) and `balance` (loss | loss_free)."""
+        (softmax | sigmoid) and `balance` (loss | loss_free | global_loss)."""
         if score not in self.scores:
             raise ValueError(f"moe.score={score}: estimator {self.name!r} is defined on the softmax over the experts "
                              "(its gradient rule and its gates are); use moe.score=softmax")

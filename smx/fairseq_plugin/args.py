@@ -50,7 +50,8 @@ class MoEArgs(FairseqDataclass):
         default=None, metadata={"help": "hidden size of routed and shared experts (default: the model's FFN size)"})
     moe_score: str = field(default="softmax", metadata={"help": "router gating scores: softmax | sigmoid"})
     moe_balance: str = field(default="loss", metadata={"help": "loss (auxiliary balance loss) | loss_free (selection "
-                                                                 "bias updated after every update)"})
+                                                                 "bias updated after every update) | global_loss "
+                                                                 "(balance loss, f over every micro-batch and rank)"})
     moe_bias_update_rate: float = field(default=1e-3, metadata={"help": "loss_free: the bias update rate u"})
     moe_balance_source: BalanceSource = field(
         default="routed", metadata={"help": "balance-loss inputs: router softmax + routed experts, or the "

@@ -2,7 +2,7 @@
 
 Training objective, in fairseq's summed-loss convention (fairseq divides gradients by sample_size):
 
-    loss = task_loss_sum + balance_term + sample_size * B * mean_layers(zloss)
+    loss = task_loss_sum + balance_term + sample_size * B * mean_layers(zloss) + sample_size * sum_layers(penalty)
     balance_term = sample_size * A * mean_layers(balance)     --moe-balance-reduction token_mean (default)
                  = A * sum_layers(balance)                    --moe-balance-reduction batch_sum
 
@@ -12,13 +12,18 @@ token_mean is exactly task_loss + A * mean(balance) + B * zloss, the Switch pape
 size; batch_sum is the SparseMixer fairseq example's (`loss + balance_loss * alpha` on the summed loss, balance summed
 over the layers): per token A * sum(balance) / sample_size, about 10^3 x weaker at ~7k target tokens per batch
 (smx.moe.losses.balance_term). With data parallelism each worker's aux term is weighted by its share of sample_size.
+penalty is the loss a layer weights itself (ReMoE's lambda * L1 of its gates; 0 for the other estimators), summed over
+the layers per token as thu-ml/ReMoE adds each layer's.
 
 Logged (fairseq metrics; every value averaged over the logging interval, weighted by sample_size):
   loss, nll_loss, ppl   the TASK loss only, base 2, exactly as the stock criteria (comparable across estimators)
   moe_objective         the full training objective above per sample_size unit, base 2 (loss + aux / ln 2)
   moe_balance, moe_zloss, moe_dropped, moe_entropy, moe_unused   means over the MoE layers
   moe_imbalance, moe_nograd, moe_logit_rms   means over the MoE layers of max/mean expert load, the fraction of
-                        tokens whose router gets no task gradient (SparseMixer's masked singletons), and sqrt(mean z^2)
+                        tokens whose router gets no task gradient (SparseMixer's masked singletons, ReMoE's zero-gate
+                        tokens), and sqrt(mean z^2)
+  moe_active, moe_sparsity   means over the MoE layers of the experts per token and 1 - active / E (ReMoE's vary)
+  moe_penalty, moe_l1_coeff  ReMoE: sum over the layers of lambda * L1, and lambda
   moe_load_{enc|dec}{L}_e{i}   fraction of layer L's routed assignments sent to expert i
   moe_imbalance_{enc|dec}{L}   layer L's max/mean expert load
 
@@ -66,8 +71,9 @@ def _check_weights(balance_weight: float, zloss_weight: float) -> tuple[float, f
 
 
 def moe_aux_terms(aux: list) -> dict[str, torch.Tensor]:
-    """Means over the MoE layers' LayerAux of one forward: balance and zloss (differentiable), stats (detached)."""
-    return {
+    """Means over the MoE layers' LayerAux of one forward: balance and zloss (differentiable), stats (detached),
+    the layers' penalties summed (differentiable)."""
+    out = {
         "balance": torch.stack([a.balance_loss for a in aux]).mean(),
         "zloss": torch.stack([a.z_loss for a in aux]).mean(),
         "dropped": torch.stack([a.stats.dropped.float() for a in aux]).mean(),
@@ -76,7 +82,14 @@ def moe_aux_terms(aux: list) -> dict[str, torch.Tensor]:
         "imbalance": torch.stack([a.stats.imbalance.float() for a in aux]).mean(),
         "nograd": torch.stack([a.stats.no_gradient.float() for a in aux]).mean(),
         "logit_rms": torch.stack([a.stats.logit_rms.float() for a in aux]).mean(),
+        "active": torch.stack([a.stats.active.float() for a in aux]).mean(),
+        "sparsity": torch.stack([a.stats.sparsity.float() for a in aux]).mean(),
+        "penalty": torch.stack([a.penalty for a in aux]).sum(),
     }
+    coefficients = [a.l1_coeff for a in aux if a.l1_coeff is not None]
+    if coefficients:
+        out["l1_coeff"] = coefficients[0].float()  # one lambda shared by every layer
+    return out
 
 
 def moe_logging(aux: list, terms: dict[str, torch.Tensor], sample_size) -> dict[str, torch.Tensor]:
@@ -99,6 +112,8 @@ def reduce_moe_metrics(logging_outputs) -> None:
         value = item(sum(log.get(key, 0) for log in logging_outputs)) / sample_size
         if key == PREFIX + "objective":
             metrics.log_scalar(key, value / math.log(2), sample_size, round=3)
+        elif key == PREFIX + "l1_coeff":  # ReMoE's lambda spans 1e-8 .. 1: significant digits, not decimals
+            metrics.log_scalar(key, float(f"{value:.4g}"), sample_size)
         else:
             metrics.log_scalar(key, value, sample_size, round=4)
 
@@ -135,6 +150,7 @@ class MoECriterionMixin:
             balances = torch.stack([a.balance_loss for a in aux])  # (layers,)
             loss = loss + balance_term(balances, self.moe_balance_weight, self.moe_balance_reduction, sample_size)
             loss = loss + sample_size * self.moe_zloss_weight * terms["zloss"]
+            loss = loss + sample_size * terms["penalty"]
             logging_output.update(moe_logging(aux, terms, sample_size))
             logging_output[PREFIX + "objective"] = loss.data
         loss = checked_loss(self, loss)  # NaN/inf: report + NonFiniteLoss before any backward (guards.py)

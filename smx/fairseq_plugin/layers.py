@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from smx.fairseq_plugin.engine import refuse_unsupported
 from smx.moe import MoEConfig, MoEFeedForward, RoutingStats
+from smx.moe.per_update import ReluControl
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class LayerAux:
     balance_loss: Tensor  # () float32, differentiable
     z_loss: Tensor  # () float32, differentiable
     stats: RoutingStats  # detached
+    penalty: Tensor  # () float32, differentiable: a loss the layer weights itself (ReMoE's lambda * L1), per token
+    l1_coeff: Optional[Tensor] = None  # () float32 ReMoE's current lambda (None: not a ReMoE layer)
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -46,16 +49,19 @@ def _identity(x: Tensor) -> Tensor:
 class MoEBlock(nn.Module):
     """Stands in for a layer's fc1: y = MoEFeedForward(x, padding_mask); records the call's LayerAux."""
 
-    def __init__(self, d_model: int, d_ff: int, config: MoEConfig, name: str) -> None:
+    def __init__(self, d_model: int, d_ff: int, config: MoEConfig, name: str,
+                 relu_control: Optional[ReluControl] = None) -> None:
         super().__init__()
-        self.moe = MoEFeedForward(d_model, d_ff, config)
+        self.moe = MoEFeedForward(d_model, d_ff, config, relu_control=relu_control)
         self.name = name
         self.padding_mask: Optional[Tensor] = None  # (time, batch) True = pad; set by the layer for one call
         self._aux: Optional[LayerAux] = None
 
     def forward(self, x: Tensor) -> Tensor:  # x (time, batch, d_model)
         out = self.moe(x, padding_mask=self.padding_mask)
-        self._aux = LayerAux(self.name, out.balance_loss, out.z_loss, out.stats)
+        control = self.moe.relu_control
+        self._aux = LayerAux(self.name, out.balance_loss, out.z_loss, out.stats, out.penalty,
+                             None if control is None else control.coefficient())
         return out.y
 
     def pop_aux(self) -> Optional[LayerAux]:
@@ -69,9 +75,9 @@ class MoELayerMixin:
     padding_mask_arg: str = ""  # name of the layer forward's (batch, time) padding-mask argument
     forward_signature: inspect.Signature  # signature of the fairseq layer's forward, to find that argument
 
-    def install_moe(self, config: MoEConfig, name: str) -> None:
+    def install_moe(self, config: MoEConfig, name: str, relu_control: Optional[ReluControl] = None) -> None:
         d_model, d_ff = self.fc1.in_features, self.fc1.out_features
-        self.fc1 = MoEBlock(d_model, d_ff, config, name)
+        self.fc1 = MoEBlock(d_model, d_ff, config, name, relu_control)
         self.fc2 = nn.Identity()
         self.activation_fn = _identity
         self.activation_dropout_module = nn.Identity()  # the experts apply config.activation_dropout
@@ -107,10 +113,12 @@ def moe_blocks(layers: nn.ModuleList) -> list[MoEBlock]:
     return [layer.moe_block for layer in layers if isinstance(layer, MoELayerMixin) and layer.moe_block is not None]
 
 
-def install_moe(layers: nn.ModuleList, indices: tuple[int, ...], prefix: str, config: MoEConfig) -> None:
-    """Turn layers[i] (i in indices) into MoE layers named f"{prefix}{i}"."""
+def install_moe(layers: nn.ModuleList, indices: tuple[int, ...], prefix: str, config: MoEConfig,
+                relu_control: Optional[ReluControl] = None) -> None:
+    """Turn layers[i] (i in indices) into MoE layers named f"{prefix}{i}"; relu_control: the one every MoE layer of
+    the model shares (ReMoE: smx.moe.layer.relu_control_for), passed to each install."""
     for i in indices:
-        layers[i].install_moe(config, f"{prefix}{i}")
+        layers[i].install_moe(config, f"{prefix}{i}", relu_control)
 
 
 def pop_aux(layers: nn.ModuleList) -> list[LayerAux]:

@@ -27,6 +27,7 @@ from fairseq.utils import safe_getattr
 from smx.fairseq_plugin.args import MoEArgs, arch_defaults, moe_config, parse_layers
 from smx.engine.contract import LM_MODEL
 from smx.fairseq_plugin.layers import SmxTransformerDecoder, install_moe
+from smx.moe.layer import relu_control_for
 
 
 @dataclass
@@ -54,7 +55,7 @@ class SmxSwitchLanguageModel(TransformerLanguageModel):
         )
         layers = parse_layers(safe_getattr(args, "moe_decoder_layers", None), len(decoder.layers),
                               "--moe-decoder-layers")
-        install_moe(decoder.layers, layers, "dec", config)
+        install_moe(decoder.layers, layers, "dec", config, relu_control_for(config))
         return cls(decoder)
 
 

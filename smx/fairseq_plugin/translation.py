@@ -27,6 +27,7 @@ from fairseq.utils import safe_getattr
 from smx.fairseq_plugin.args import MoEEncoderDecoderArgs, arch_defaults, moe_config, parse_layers
 from smx.engine.contract import TRANSLATION_MODEL
 from smx.fairseq_plugin.layers import SmxTransformerDecoder, SmxTransformerEncoder, install_moe
+from smx.moe.layer import relu_control_for
 
 
 @register_model(TRANSLATION_MODEL)
@@ -47,8 +48,9 @@ class SmxSwitchTransformerModel(TransformerModel):
                            "--moe-encoder-layers")
         dec = parse_layers(safe_getattr(args, "moe_decoder_layers", None), len(model.decoder.layers),
                            "--moe-decoder-layers")
-        install_moe(model.encoder.layers, enc, "enc", config)
-        install_moe(model.decoder.layers, dec, "dec", config)
+        control = relu_control_for(config)  # ReMoE: one L1 coefficient for every MoE layer; else None
+        install_moe(model.encoder.layers, enc, "enc", config, control)
+        install_moe(model.decoder.layers, dec, "dec", config, control)
         return model
 
     @classmethod

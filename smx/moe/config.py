@@ -15,7 +15,9 @@ DROP_POLICIES = ("position", "probability")
 BALANCE_SOURCES = ("routed", "reference")  # router softmax + routed experts | the estimator's reference inputs
 ACTIVATIONS = ("relu", "gelu")
 SCORES = ("softmax", "sigmoid")  # the router's gating scores
-BALANCES = ("loss", "loss_free")  # an auxiliary balance loss | loss-free balancing by a selection bias
+# an auxiliary balance loss | loss-free balancing by a selection bias | the balance loss with f from the counts of
+# every micro-batch and rank of the update (global-batch balance, Qiu et al. 2025)
+BALANCES = ("loss", "loss_free", "global_loss")
 
 
 def _is_int(value: Any) -> bool:

@@ -33,21 +33,33 @@ BACKENDS = ("auto", "fused", "grouped_mm", "loop")
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def expert_counts(expert_index: Tensor, num_experts: int, valid: Tensor | None = None) -> Tensor:
-    """Assignments per expert, (tokens, ...) int64 -> (E,) int64; valid (tokens,) bool: count those tokens only.
+def expert_counts(expert_index: Tensor, num_experts: int, valid: Tensor | None = None,
+                  active: Tensor | None = None) -> Tensor:
+    """Assignments per expert, (tokens, k) int64 -> (E,) int64; valid (tokens,) bool: count those tokens only;
+    active (tokens, k) bool: count those assignments only (variable-count routing).
     scatter_add, not bincount: bincount synchronises with the host on accelerators."""
     flat = expert_index.reshape(-1)
-    if valid is None:
+    routed = routed_mask(valid, active, flat.numel())
+    if routed is None:
         return torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add(
             0, flat, torch.ones_like(flat))
-    flat = torch.where(routed_assignments(valid, flat.numel() // max(valid.numel(), 1)), flat, num_experts)
-    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)  # last bin: the padding
+    flat = torch.where(routed, flat, num_experts)
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)  # last bin: not routed
     return counts.scatter_add(0, flat, torch.ones_like(flat))[:num_experts]
 
 
 def routed_assignments(valid: Tensor, k: int) -> Tensor:
     """(tokens,) bool -> (tokens * k,) bool: assignment t * k + j is routed iff token t is."""
     return valid.unsqueeze(1).expand(-1, k).reshape(-1)
+
+
+def routed_mask(valid: Tensor | None, active: Tensor | None, n: int) -> Tensor | None:
+    """(n,) bool of the n = tokens * k assignments that are routed: of a valid token (valid (tokens,)) and active
+    (active (tokens, k)); None when both are None (every assignment)."""
+    routed = None if valid is None else routed_assignments(valid, n // max(valid.numel(), 1))
+    if active is not None:
+        routed = active.reshape(-1) if routed is None else routed & active.reshape(-1)
+    return routed
 
 
 def expert_capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: float | None) -> int | None:
@@ -97,14 +109,19 @@ class DispatchPlan:
 
 
 def plan_dispatch(
-    expert_index: Tensor, num_experts: int, capacity: int | None, priority: Tensor | None = None
+    expert_index: Tensor, num_experts: int, capacity: int | None, priority: Tensor | None = None,
+    active: Tensor | None = None,
 ) -> DispatchPlan:
     """Sort the (tokens, k) assignments by expert and apply the capacity.
 
     priority None ("position" policy): an over-full expert keeps its first C assignments in token order.
     priority (tokens, k) ("probability" policy): an over-full expert keeps its C highest-priority assignments
     (ties: token order). Dropless plans never synchronise with the host; capacity plans do (the kept count).
+    active (tokens, k) bool (variable-count routing, ReMoE): only these assignments exist; the others are cut out
+    of the plan like dropped ones (a host synchronisation), so the experts compute the active ones only.
     """
+    if active is not None:
+        return compact(plan_dispatch_static(expert_index, num_experts, capacity, priority, active=active))
     num_tokens, k = expert_index.shape
     device = expert_index.device
     flat_expert = expert_index.reshape(-1)  # (tokens*k,)
@@ -137,18 +154,20 @@ def plan_dispatch(
 
 
 def plan_dispatch_static(expert_index: Tensor, num_experts: int, capacity: int | Tensor | None,
-                         priority: Tensor | None = None, valid: Tensor | None = None) -> DispatchPlan:
+                         priority: Tensor | None = None, valid: Tensor | None = None,
+                         active: Tensor | None = None) -> DispatchPlan:
     """plan_dispatch with shapes that do not depend on the routing: no host synchronisation, also with a capacity
-    (an int, or a device tensor from expert_capacity_on_device) and with padding (valid (tokens,) bool, False =
-    padding). The plan holds every one of the tokens * k assignments: the kept ones grouped by expert exactly as
-    plan_dispatch orders them, then the dropped and padding ones, which row_valid marks and no expert computes.
+    (an int, or a device tensor from expert_capacity_on_device), with padding (valid (tokens,) bool, False =
+    padding) and with variable-count routing (active (tokens, k) bool). The plan holds every one of the tokens * k
+    assignments: the kept ones grouped by expert exactly as plan_dispatch orders them, then the dropped, padding and
+    inactive ones, which row_valid marks and no expert computes.
     """
     num_tokens, k = expert_index.shape
     device = expert_index.device
     flat_expert = expert_index.reshape(-1)  # (n,) n = tokens * k
     n = flat_expert.numel()
     positions = torch.arange(n, device=device)
-    routed = None if valid is None else routed_assignments(valid, k)  # (n,)
+    routed = routed_mask(valid, active, n)  # (n,) or None
     key = flat_expert if routed is None else torch.where(routed, flat_expert, num_experts)  # padding: group E
     if priority is None:
         order = torch.argsort(key, stable=True)  # (n,) grouped by expert, token order inside, padding last
@@ -175,6 +194,14 @@ def plan_dispatch_static(expert_index: Tensor, num_experts: int, capacity: int |
     return DispatchPlan(token=torch.div(order, k, rounding_mode="floor"), assignment=order,
                         expert=sorted_key.clamp(max=num_experts - 1), offsets=offsets, counts=counts, kept=kept,
                         inverse=inverse, row_valid=positions < offsets[-1].long())
+
+
+def compact(plan: DispatchPlan) -> DispatchPlan:
+    """A static plan cut to its kept rows (host-sized: one synchronisation, free on the CPU): the plan
+    plan_dispatch returns, whose rows are exactly the assignments the experts compute."""
+    rows = int(plan.offsets[-1]) if plan.offsets.numel() else 0
+    return DispatchPlan(token=plan.token[:rows], assignment=plan.assignment[:rows], expert=plan.expert[:rows],
+                        offsets=plan.offsets, counts=plan.counts, kept=plan.kept)
 
 
 class _Regroup(torch.autograd.Function):

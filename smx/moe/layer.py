@@ -7,7 +7,10 @@ default_weight @ default_vectors (an EMA of each expert's mean output, updated b
 evaluation). Shared experts (DeepSeekMoE) are added ungated for every token: y = omega * routed + sum_s S_s(x);
 routed and shared experts have hidden size expert_ffn_dim (fine-grained experts), else the model's FFN size. The
 balance loss takes the router softmax and the routed experts, or with balance_source "reference" what the
-estimator's reference code uses (Estimator.balance_inputs). Training uses capacity_factor, evaluation
+estimator's reference code uses (Estimator.balance_inputs); with balance global_loss its f counts every micro-batch
+and rank of the update so far. ReMoE (a `variable_k` estimator) routes each token to the experts with a nonzero
+ReLU gate (Routing.active; the plan holds those pairs only) and returns the penalty lambda * L1 of its gates, lambda
+from the ReluControl its model's layers share. Training uses capacity_factor, evaluation
 eval_capacity_factor (None = dropless); `self.training` also selects the estimator's
 training or (deterministic) evaluation routing.
 
@@ -30,16 +33,23 @@ from smx.estimators.base import Estimator, Routing
 from smx.moe.config import MoEConfig
 from smx.moe.dispatch import (DispatchPlan, all_experts, combine, expert_capacity, expert_capacity_on_device,
                               expert_counts, plan_dispatch, plan_dispatch_static, run_experts)
-from smx.moe.losses import RoutingStats, load_balance_loss, routing_stats, z_loss
+from smx.moe.losses import RoutingStats, load_balance_loss, relu_l1_balance, routing_stats, z_loss
+from smx.moe.per_update import PerUpdate, ReluControl, distributed
 from smx.moe.router import Router
 
 
 @dataclass(frozen=True)
 class MoEOutput:
     y: Tensor  # (..., d_model) in the input dtype; 0 for padding and fully dropped tokens
-    balance_loss: Tensor  # () float32
+    balance_loss: Tensor  # () float32 (0 for ReMoE, which has none)
     z_loss: Tensor  # () float32
     stats: RoutingStats
+    penalty: Tensor  # () float32 a loss the layer weights itself (ReMoE: lambda * L1; 0 otherwise), per token
+
+    def aux_loss(self, balance_weight: float = 0.0, zloss_weight: float = 0.0) -> Tensor:
+        """balance_weight * balance + zloss_weight * z-loss + penalty: the layer's differentiable auxiliary term
+        per token (it always has a gradient path: the z-loss's, even at weight 0)."""
+        return balance_weight * self.balance_loss + zloss_weight * self.z_loss + self.penalty
 
 
 def build_estimator(config: MoEConfig) -> Estimator:
@@ -76,6 +86,14 @@ def reset_ffn(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
     b2.uniform_(-bound2, bound2)
 
 
+def relu_control_for(config: MoEConfig) -> ReluControl | None:
+    """The ReluControl that every MoE layer of one model built from `config` shares (ReMoE), else None."""
+    est = build_estimator(config)
+    if not est.variable_k:
+        return None
+    return ReluControl(config.num_experts, config.k, est.l1_coeff, est.l1_multiplier)
+
+
 def loss_free_step(counts: Tensor, rate: float) -> Tensor:
     """u * sign(mean(c) - c): the loss-free balancing bias update from one update's expert counts (E,)."""
     return rate * torch.sign(counts.mean() - counts)
@@ -99,14 +117,16 @@ class SharedExperts(nn.Module):
         return out.float().sum(dim=1)  # (T, d)
 
 
-class MoEFeedForward(nn.Module):
+class MoEFeedForward(PerUpdate):
     """forward(x (..., d_model), padding_mask (...,) bool True = pad, generator) -> MoEOutput.
 
     `estimator` overrides config.estimator / config.estimator_options with a ready instance (tests, diagnostics);
-    it is still validated for (k, num_experts).
+    it is still validated for (k, num_experts). `relu_control`: the ReluControl shared by a model's layers (ReMoE;
+    relu_control_for); None: the layer makes its own.
     """
 
-    def __init__(self, d_model: int, d_ff: int, config: MoEConfig, *, estimator: Estimator | None = None) -> None:
+    def __init__(self, d_model: int, d_ff: int, config: MoEConfig, *, estimator: Estimator | None = None,
+                 relu_control: ReluControl | None = None) -> None:
         super().__init__()
         if not isinstance(config, MoEConfig):
             raise TypeError(f"config must be a MoEConfig; got {type(config).__name__}")
@@ -121,7 +141,6 @@ class MoEFeedForward(nn.Module):
         self.estimator = estimator
         self.expert_backend = "auto"  # smx.moe.dispatch.BACKENDS: how the experts run (same values, speed only)
         self.sync_free: bool | None = None  # None: on accelerators only (see the module docstring)
-        self._counted_update_host: int | None = None  # host copy of counted_update (None: read it once)
         self.d_model = d_model
         self.d_ff = config.expert_ffn_dim or d_ff  # each expert's hidden size
         num_experts, d_ff = config.num_experts, self.d_ff
@@ -141,9 +160,21 @@ class MoEFeedForward(nn.Module):
         if config.balance == "loss_free":  # all in checkpoints, so that a resumed run selects as an uninterrupted one
             self.register_buffer("selection_bias", torch.zeros(num_experts, dtype=torch.float32))  # (E,) b
             self.register_buffer("pending_counts", torch.zeros(num_experts, dtype=torch.long))  # (E,) c so far
-            self.register_buffer("counted_update", torch.tensor(-1, dtype=torch.long))  # update c belongs to
         else:
             self.selection_bias = None
+        if config.balance == "global_loss":  # this update's counts so far, all ranks; last entry: assignments
+            self.register_buffer("global_counts", torch.zeros(num_experts + 1, dtype=torch.long), persistent=False)
+        else:
+            self.global_counts = None
+        if config.balance != "loss":
+            self.track_updates()  # counted_update: the update the pending counts belong to
+        if estimator.variable_k:
+            if relu_control is None:
+                relu_control = ReluControl(num_experts, config.k, estimator.l1_coeff, estimator.l1_multiplier)
+            elif (relu_control.num_experts, relu_control.k) != (num_experts, config.k):
+                raise ValueError(f"relu_control is for E={relu_control.num_experts}, k={relu_control.k}; this layer "
+                                 f"has E={num_experts}, k={config.k}")
+        self.relu_control = relu_control if estimator.variable_k else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -168,22 +199,24 @@ class MoEFeedForward(nn.Module):
                              f"{tuple(x.shape[:-1])}")
         if self.sync_free if self.sync_free is not None else x.device.type != "cpu":
             valid = None if padding_mask is None else ~padding_mask.reshape(-1).bool()  # (N,)
-            y, balance, zl, stats = self._moe(flat, generator, valid)  # (N, d), pads 0
-            return MoEOutput(y=y.to(x.dtype).reshape(x.shape), balance_loss=balance, z_loss=zl, stats=stats)
+            y, balance, zl, stats, penalty = self._moe(flat, generator, valid)  # (N, d), pads 0
+            return MoEOutput(y=y.to(x.dtype).reshape(x.shape), balance_loss=balance, z_loss=zl, stats=stats,
+                             penalty=penalty)
         if padding_mask is None:
             routed_index = None
             tokens = flat  # (T, d)
         else:
             routed_index = (~padding_mask.reshape(-1).bool()).nonzero().squeeze(1)  # (T,)
             tokens = flat[routed_index]  # (T, d)
-        y, balance, zl, stats = self._moe(tokens, generator)  # y (T, d) float32
+        y, balance, zl, stats, penalty = self._moe(tokens, generator)  # y (T, d) float32
         if routed_index is not None:
             y = y.new_zeros(flat.shape[0], self.d_model).index_copy(0, routed_index, y)  # (N, d), pads 0
-        return MoEOutput(y=y.to(x.dtype).reshape(x.shape), balance_loss=balance, z_loss=zl, stats=stats)
+        return MoEOutput(y=y.to(x.dtype).reshape(x.shape), balance_loss=balance, z_loss=zl, stats=stats,
+                         penalty=penalty)
 
     def _moe(self, tokens: Tensor, generator: torch.Generator | None,
-             valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, RoutingStats]:
-        """tokens (T, d) -> (y (T, d) float32, balance, z-loss, stats). valid (T,) bool (False = padding): the
+             valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, RoutingStats, Tensor]:
+        """tokens (T, d) -> (y (T, d) float32, balance, z-loss, stats, penalty). valid (T,) bool (False = padding): the
         sync-free form, with a static plan (also when valid is None); None with compact tokens: the CPU form."""
         c, est = self.config, self.estimator
         static = valid is not None or (self.sync_free if self.sync_free is not None else tokens.device.type != "cpu")
@@ -198,12 +231,13 @@ class MoEFeedForward(nn.Module):
         else:
             capacity = expert_capacity(num_tokens, c.num_experts, c.k, factor)
         priority = None
-        if c.drop_policy == "probability" and capacity is not None:
-            priority = routing.probs.gather(1, routing.expert_index)  # (T, k) router probability of each choice
+        if c.drop_policy == "probability" and capacity is not None:  # (T, k) router probability of each choice
+            priority = routing.gate.detach() if est.variable_k else routing.probs.gather(1, routing.expert_index)
         if static:
-            plan = plan_dispatch_static(routing.expert_index, c.num_experts, capacity, priority, valid)
+            plan = plan_dispatch_static(routing.expert_index, c.num_experts, capacity, priority, valid,
+                                        active=routing.active)
         else:
-            plan = plan_dispatch(routing.expert_index, c.num_experts, capacity, priority)
+            plan = plan_dispatch(routing.expert_index, c.num_experts, capacity, priority, active=routing.active)
         if self.selection_bias is not None and self.training:
             self.pending_counts += plan.counts  # (E,) routed assignments, before any capacity drop
         expert_in = tokens.to(self.w1.dtype)  # (T, d) the experts see the tokens unjittered
@@ -227,38 +261,57 @@ class MoEFeedForward(nn.Module):
             y = y + self.shared(expert_in, c.activation, c.activation_dropout, self.training)  # (T, d)
         if valid is not None:
             y = torch.where(valid.unsqueeze(1), y, 0)  # padding positions: 0, and no gradient
-        balance_probs, balance_index = routing.probs, routing.expert_index
-        if c.balance_source == "reference":
-            balance_probs, balance_index = est.balance_inputs(logits, routing, c.k)
-        balance = load_balance_loss(balance_probs.float(), balance_index, valid)
+        penalty = balance = logits.new_zeros(())  # ReMoE has no balance loss: lambda * L1 balances and sparsifies
+        if est.variable_k and self.training:
+            self.relu_control.count(routing.active, valid)
+            penalty = self.relu_control.coefficient() * relu_l1_balance(routing.gate, routing.active, c.k, valid)
+        elif est.balance_loss:
+            balance = self._balance_loss(logits, routing, valid)
         zl = z_loss(logits, valid)
         stats = routing_stats(routing.probs, routing.expert_index, plan.kept, logits,
-                              est.no_gradient_tokens(logits, routing, c.k) if self.training else None, valid)
-        return y, balance, zl, stats
+                              est.no_gradient_tokens(logits, routing, c.k) if self.training else None, valid,
+                              routing.active)
+        return y, balance, zl, stats, penalty
+
+    def _balance_loss(self, logits: Tensor, routing: Routing, valid: Tensor | None) -> Tensor:
+        """E * sum_i f_i P_i on the routed (or the estimator's reference) inputs; with balance global_loss in
+        training, f from the counts of this update's micro-batches so far, summed over every rank (Qiu et al.
+        2025): one all-reduce of E + 1 numbers per layer and micro-batch, as Megatron-core's global_aux_loss."""
+        c, est = self.config, self.estimator
+        probs, index = routing.probs, routing.expert_index
+        if c.balance_source == "reference":
+            probs, index = est.balance_inputs(logits, routing, c.k)
+        fractions = None
+        if self.global_counts is not None and self.training:
+            with torch.no_grad():
+                routed = index.shape[0] if valid is None else valid.sum()
+                local = torch.cat([expert_counts(index, c.num_experts, valid),
+                                   torch.as_tensor(routed * index.shape[1], device=index.device).reshape(1)])
+                if distributed():
+                    torch.distributed.all_reduce(local)
+                self.global_counts += local
+                fractions = self.global_counts[:-1].float() / self.global_counts[-1].clamp(min=1).float()  # (E,)
+        return load_balance_loss(probs.float(), index, valid, fractions)
 
     @torch.no_grad()
     def set_num_updates(self, num_updates: int) -> None:
         """fairseq calls this before every micro-batch with the update it belongs to (FairseqTask.train_step). When a
-        new update starts, the expert counts c of the previous one (all its micro-batches, every rank) move the
-        loss-free selection bias: b_i <- b_i + u * sign(mean(c) - c_i) (Wang et al. 2024, Algorithm 1)."""
-        if self.selection_bias is None:
+        new update starts: loss_free: the expert counts c of the previous one (all its micro-batches, every rank)
+        move the selection bias, b_i <- b_i + u * sign(mean(c) - c_i) (Wang et al. 2024, Algorithm 1); global_loss:
+        the running counts start again; ReMoE: the shared L1 coefficient takes its step (ReluControl, idempotent)."""
+        if self.relu_control is not None:
+            self.relu_control.set_num_updates(num_updates)
+        if self.config.balance == "loss" or not self.starts_update(num_updates):
             return
-        if self._counted_update_host is None:  # once per process (and after a state-dict load): one host read
-            self._counted_update_host = int(self.counted_update)
-        if self._counted_update_host == num_updates:
+        if self.global_counts is not None:
+            self.global_counts.zero_()
             return
         counts = self.pending_counts.clone()  # (E,) int64: never cast by .half(), never overflows
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed():
             torch.distributed.all_reduce(counts)
         step = loss_free_step(counts.double(), self.config.bias_update_rate)  # (E,); 0 where no token was counted
         self.selection_bias.copy_(self.selection_bias.double() + step * (counts.sum() > 0))
         self.pending_counts.zero_()
-        self.counted_update.fill_(num_updates)
-        self._counted_update_host = num_updates
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._counted_update_host = None  # the loaded counted_update is read again at the next update
 
     @torch.no_grad()
     def _update_default_vectors(self, expert_out: Tensor, plan: DispatchPlan) -> None:

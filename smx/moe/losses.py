@@ -26,6 +26,8 @@ class RoutingStats:
     imbalance: Tensor  # () float32 max / mean expert load (1 = balanced, E = every assignment on one expert)
     no_gradient: Tensor  # () float32 fraction of the routed tokens whose router gets no task gradient
     logit_rms: Tensor  # () float32 router-logit scale sqrt(mean z^2) over tokens and experts
+    active: Tensor  # () float32 experts per routed token, before capacity drops (k for top-k; ReMoE's varies)
+    sparsity: Tensor  # () float32 1 - active / E: the fraction of (token, expert) pairs not computed
 
 
 def token_weights(num_tokens: int, valid: Tensor | None, like: Tensor) -> tuple[Tensor | None, Tensor | int]:
@@ -35,22 +37,44 @@ def token_weights(num_tokens: int, valid: Tensor | None, like: Tensor) -> tuple[
     return valid.to(like.dtype), valid.sum().clamp(min=1)
 
 
-def assignment_fractions(expert_index: Tensor, num_experts: int, valid: Tensor | None = None) -> Tensor:
-    """f_i = (assignments routed to expert i) / (tokens * k), before any capacity drop. (tokens, k) -> (E,) f32."""
+def assignment_fractions(expert_index: Tensor, num_experts: int, valid: Tensor | None = None,
+                         active: Tensor | None = None) -> Tensor:
+    """f_i = (assignments routed to expert i) / (routed assignments), before any capacity drop: the denominator is
+    tokens * k, or with active (tokens, k) bool (variable-count routing) the active assignments. -> (E,) f32."""
+    counts = expert_counts(expert_index, num_experts, valid, active).float()  # (E,)
+    if active is not None:
+        return counts / counts.sum().clamp(min=1)
     _, count = token_weights(expert_index.shape[0], valid, expert_index)
-    return expert_counts(expert_index, num_experts, valid).float() / (count * expert_index.shape[1])
+    return counts / (count * expert_index.shape[1])
 
 
-def load_balance_loss(probs: Tensor, expert_index: Tensor, valid: Tensor | None = None) -> Tensor:
+def load_balance_loss(probs: Tensor, expert_index: Tensor, valid: Tensor | None = None,
+                      fractions: Tensor | None = None) -> Tensor:
     """Switch load balance: E * sum_i f_i P_i; f = routed fraction (no gradient), P = mean router prob over tokens.
 
-    probs (tokens, E) float32, expert_index (tokens, k). Equals 1 under perfectly uniform routing.
+    probs (tokens, E) float32, expert_index (tokens, k). Equals 1 under perfectly uniform routing. fractions (E,):
+    f given by the caller (the global-batch balance loss: f from the counts of every rank and micro-batch).
     """
     num_tokens, num_experts = probs.shape
-    f = assignment_fractions(expert_index, num_experts, valid)  # (n_experts,)
+    f = assignment_fractions(expert_index, num_experts, valid) if fractions is None else fractions  # (E,)
     w, count = token_weights(num_tokens, valid, probs)
     mean_prob = (probs if w is None else probs * w.unsqueeze(1)).sum(0) / count  # (n_experts,)
     return num_experts * (f * mean_prob).sum()
+
+
+def relu_l1_balance(gate: Tensor, active: Tensor, k: int, valid: Tensor | None = None) -> Tensor:
+    """ReMoE's load-balanced L1 of the ReLU gates: the Switch formula on g with f_e = n_e / (T * k),
+    E * sum_e mean_t(g_te) * n_e / (T * k), n_e the routed tokens with g_te > 0 (no gradient), T the routed tokens.
+
+    gate (tokens, E) float32 ReLU outputs, active (tokens, E) bool. Equals sum_e mean_t(g_te) when every expert gets
+    k/E of the tokens (the plain L1, per token); thu-ml/ReMoE applies Megatron's switch_load_balancing_loss_func to
+    (g, n) exactly so.
+    """
+    num_tokens, num_experts = gate.shape
+    w, count = token_weights(num_tokens, valid, gate)
+    n = (active if w is None else active & valid.unsqueeze(1)).sum(0).float()  # (E,)
+    mean_gate = (gate if w is None else gate * w.unsqueeze(1)).sum(0) / count  # (E,)
+    return num_experts * (mean_gate * n).sum() / (count * k)
 
 
 BALANCE_REDUCTIONS = ("token_mean", "batch_sum")
@@ -88,21 +112,27 @@ def router_entropy(probs: Tensor, valid: Tensor | None = None) -> Tensor:
 
 
 def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor, logits: Tensor | None = None,
-                  no_gradient: Tensor | None = None, valid: Tensor | None = None) -> RoutingStats:
+                  no_gradient: Tensor | None = None, valid: Tensor | None = None,
+                  active: Tensor | None = None) -> RoutingStats:
     """probs (tokens, E), expert_index (tokens, k), kept (tokens, k) bool (False = dropped by the capacity), logits
     (tokens, E) the router's, no_gradient (tokens,) bool: tokens whose router gets no task gradient (None: none),
-    valid (tokens,) bool (None: every token is routed)."""
+    valid (tokens,) bool (None: every token is routed), active (tokens, k) bool (variable-count routing: the
+    assignments that exist; None: all)."""
     with torch.no_grad():
         num_tokens, num_experts = probs.shape
         k = expert_index.shape[1]
-        counts = expert_counts(expert_index, num_experts, valid)  # (n_experts,)
-        load = assignment_fractions(expert_index, num_experts, valid)  # (n_experts,)
-        dropped = ~kept if valid is None else ~kept & valid.unsqueeze(1)  # (tokens, k)
+        counts = expert_counts(expert_index, num_experts, valid, active)  # (n_experts,)
+        load = assignment_fractions(expert_index, num_experts, valid, active)  # (n_experts,)
+        routed = torch.ones_like(kept) if active is None else active  # (tokens, k)
+        per_token = routed.float().sum(1)  # (tokens,) experts each token is routed to, before any drop
+        dropped = (routed & ~kept).float().sum(1)  # (tokens,)
         zero = probs.new_zeros(())
         any_routed = num_tokens > 0 if valid is None else valid.any()
+        experts_per_token = token_mean(per_token, valid)
         return RoutingStats(
             load=load,
-            dropped=token_mean(dropped.float().sum(1), valid) / k,
+            dropped=token_mean(dropped, valid) / experts_per_token.clamp(min=1) if active is not None
+            else token_mean(dropped, valid) / k,
             entropy=router_entropy(probs.float(), valid),
             unused=(counts == 0).sum(),
             imbalance=torch.where(torch.as_tensor(any_routed, device=load.device), load.max() * num_experts, zero)
@@ -110,4 +140,6 @@ def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor, logits: Ten
             no_gradient=zero if no_gradient is None else token_mean(no_gradient.float(), valid),
             logit_rms=zero if logits is None or not num_tokens
             else token_mean(logits.detach().float().square().mean(1), valid).sqrt(),
+            active=experts_per_token,
+            sparsity=1 - experts_per_token / num_experts,
         )

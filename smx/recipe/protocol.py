@@ -80,6 +80,16 @@ REFERENCES: dict[str, Reference] = {
         options={"beta": 0.9, "jitter_eps": 0.0, "normalize": False},
         differences=("the authors' code was not available to this project: settings from the paper",),
     ),
+    "remoe": Reference(
+        source="thu-ml/ReMoE's Megatron router (ReLU routing, l1_reg_load_balancing: read in a Megatron fork that "
+               "carries it) and its scripts (--disable-bias-linear, l1 coeff init 1e-8, multiplier 1.2); the "
+               "coefficient update from the paper (lambda *= alpha^sign(target - S))",
+        options={"l1_coeff": 1e-8, "l1_multiplier": 1.2},
+        differences=("the sparsity steering lambda pools the zero-gate counts of every layer and micro-batch (the "
+                     "reference averages the per-layer, per-micro-batch fractions: equal when all route as many "
+                     "tokens)", "the router is initialized like nn.Linear (the reference: normal, init_method_std)",
+                     _FAIRSEQ_DIFFS[0]),
+    ),
     "densemixer": Reference(
         source="yaof20/DenseMixer densemixer/models/olmoe_custom.py (OLMoE: no router bias, norm_topk_prob false)",
         options={"normalize": False}, differences=(_HF_BALANCE,),
@@ -127,6 +137,15 @@ LOSS_FREE_VARIANT = ("Wang et al. 2024 (arXiv 2408.15664) Algorithm 1: experts =
                      "and ranks; b not centred, no gradient through b")
 
 
+GLOBAL_LOSS_VARIANT = ("Qiu et al. 2025 (arXiv 2501.11873) global-batch balance: E * sum_i f_i P_i with f_i from the "
+                       "counts of the update's micro-batches so far, all-reduced over the data-parallel ranks (one "
+                       "all-reduce of E + 1 numbers per layer and micro-batch, as Megatron-core's global_aux_loss); "
+                       "P_i local")
+REMOE_RULE = ("Wang et al. 2025 (ICLR, thu-ml/ReMoE): g = ReLU(z); penalty lambda * E * sum_e mean_t(g_te) n_e / (T k) "
+              "per layer, summed over layers; lambda *= l1_multiplier^sign((1 - k/E) - S) after each update, S the "
+              "zero-gate fraction of all layers, micro-batches and ranks; no balance loss (moe.balance_weight unused)")
+
+
 def arm_settings(recipe: Any) -> dict:
     """The resolved settings that make one arm (meta.json "arm"): protocol, estimator and every ARM_KEYS value."""
     out: dict[str, Any] = {"protocol": recipe.router.protocol, "estimator": recipe.router.estimator}
@@ -141,6 +160,10 @@ def arm_settings(recipe: Any) -> dict:
     if m.balance == "loss_free":
         out["moe.bias_update_rate"] = m.bias_update_rate
         out["loss_free_variant"] = LOSS_FREE_VARIANT
+    if m.balance == "global_loss":
+        out["global_loss_variant"] = GLOBAL_LOSS_VARIANT
+    if recipe.router.estimator == "remoe":
+        out["remoe_rule"] = REMOE_RULE
     if recipe.router.protocol == "reference":
         ref = reference_for(recipe.router.estimator, recipe.moe.k)
         out["reference"] = ref.source

@@ -106,8 +106,9 @@ class MoESection:
     expert_ffn_dim: int | None = None  # routed and shared experts' hidden size (fine-grained); null: model.ffn_dim
     score: Literal["softmax", "sigmoid"] = "softmax"  # router gating scores (sigmoid: DeepSeek-V3, k > 1 renormalized)
     # loss: the auxiliary balance loss (balance_weight); loss_free: a selection bias b, top-k of s + b, updated after
-    # every update by bias_update_rate * sign(mean count - count) (Wang et al. 2024), no auxiliary loss
-    balance: Literal["loss", "loss_free"] = "loss"
+    # every update by bias_update_rate * sign(mean count - count) (Wang et al. 2024), no auxiliary loss;
+    # global_loss: the balance loss with f from the counts of every micro-batch and rank of the update (Qiu et al.)
+    balance: Literal["loss", "loss_free", "global_loss"] = "loss"
     bias_update_rate: float = 1.0e-3
 
     def __post_init__(self) -> None:
@@ -141,6 +142,9 @@ class MoESection:
         if self.balance == "loss_free" and self.balance_weight > 0:
             p.append(("balance", "loss_free balances without an auxiliary loss (Wang et al. 2024); set "
                                  "moe.balance_weight: 0"))
+        if self.balance == "global_loss" and self.balance_weight == 0:
+            p.append(("balance", "global_loss changes the balance loss's f, but moe.balance_weight is 0 (no balance "
+                                 "loss); set moe.balance_weight > 0"))
         _raise(p)
 
 

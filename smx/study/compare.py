@@ -1,4 +1,5 @@
-"""Compare runs: read run directories, aggregate seeds per estimator, steps-to-target speed-ups.
+"""Compare runs: read run directories, aggregate seeds per arm (estimator + routing variant), steps-to-target
+speed-ups.
 
 Reads nothing but run-directory files (meta.json, recipe.yaml, metrics.jsonl, eval/*.json). Everything below
 `load_run` is a pure function of the loaded data. Statistical choices (also written into compare.md/compare.json):
@@ -51,6 +52,12 @@ class RunData:
     settings: dict = field(default_factory=dict, repr=False)  # flattened resolved recipe, dotted keys
     data_id: str | None = None  # meta.json data.id: the binarized data it trained on (smx.run.dataid)
 
+    @property
+    def arm(self) -> str:
+        """The group this run belongs to: its estimator, plus the routing variant when it is not Switch's
+        (arm_label): topk with loss-free balancing is another arm than plain topk."""
+        return arm_label(self.estimator, self.settings)
+
     def curve(self, metric: str) -> list[tuple[int, float]]:
         """(update, value) for `metric` (e.g. valid_loss), sorted by update; the last record of an update wins."""
         split, key = parse_metric(metric)
@@ -86,7 +93,18 @@ class RunData:
 
 
 # Routing telemetry (smx.fairseq_plugin.criteria): means over the MoE layers at the last logging step
-TELEMETRY = ("moe_imbalance", "moe_nograd", "moe_logit_rms")
+TELEMETRY = ("moe_imbalance", "moe_nograd", "moe_logit_rms", "moe_active", "moe_sparsity", "moe_l1_coeff")
+# The routing-variant keys that make an arm besides its estimator, with their Switch values (smx.recipe.schema)
+VARIANT_KEYS = (("moe.balance", "loss"), ("moe.score", "softmax"), ("moe.shared_experts", 0),
+                ("moe.expert_ffn_dim", None))
+
+
+def arm_label(estimator: str, settings: dict) -> str:
+    """"topk", or "topk[balance=loss_free]", "topk[shared_experts=2, expert_ffn_dim=64]": the estimator and every
+    VARIANT_KEYS value that is not Switch's (runs from before these keys: the estimator)."""
+    parts = [f"{key.split('.', 1)[1]}={settings[key]}" for key, plain in VARIANT_KEYS
+             if settings.get(key, plain) != plain]
+    return f"{estimator}[{', '.join(parts)}]" if parts else estimator
 
 
 def parse_metric(metric: str) -> tuple[str, str]:
@@ -153,9 +171,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def setting_differences(runs: list[RunData]) -> dict[str, dict[str, list]]:
-    """Every resolved recipe key whose value is not the same for all runs: {key: {estimator: [distinct values]}}.
+    """Every resolved recipe key whose value is not the same for all runs: {key: {arm: [distinct values]}}.
 
-    The estimator and seed themselves are not listed; a key that differs between the seeds of one estimator is
+    The estimator and seed themselves are not listed; a key that differs between the seeds of one arm is
     listed too (its list then holds several values).
     """
     keys = sorted({k for r in runs for k in r.settings} - _IDENTITY_KEYS)
@@ -165,8 +183,8 @@ def setting_differences(runs: list[RunData]) -> dict[str, dict[str, list]]:
         if len(set(values)) > 1:
             per: dict[str, list] = {}
             for r, v in zip(runs, values):
-                if json.loads(v) not in per.setdefault(r.estimator, []):
-                    per[r.estimator].append(json.loads(v))
+                if json.loads(v) not in per.setdefault(r.arm, []):
+                    per[r.arm].append(json.loads(v))
             out[key] = per
     return out
 
@@ -216,9 +234,9 @@ def check_comparable(runs: list[RunData]) -> None:
 # ------------------------------------------------------------------------------------------------------ summaries
 @dataclass(frozen=True)
 class GroupSummary:
-    """One estimator's seeds aggregated."""
+    """One arm's seeds aggregated."""
 
-    estimator: str
+    estimator: str  # the arm (RunData.arm): the estimator, with its routing variant when not Switch's
     runs: tuple[str, ...]
     seeds: tuple[int | None, ...]
     best: Interval | None
@@ -346,7 +364,8 @@ def per_seed_values(rs: list[RunData], curves: dict, steps: dict) -> dict[str, d
 def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | None = "topk",
               target: float | None = None, interpolate: bool = False, require_baseline: bool = False,
               skipped: tuple[str, ...] = ()) -> Comparison:
-    """Aggregate runs per estimator: losses, BLEU, updates-to-target and speed-ups over the baseline.
+    """Aggregate runs per arm (RunData.arm: the estimator and its routing variant): losses, BLEU, updates-to-target
+    and speed-ups over the baseline arm.
 
     skipped: one line per run directory that could not be read (listed in the notes)."""
     if not runs:
@@ -357,8 +376,8 @@ def summarize(runs: list[RunData], metric: str = "valid_loss", baseline: str | N
     if not any(curves.values()):
         raise UserError(f"no run has {metric} records in its metrics.jsonl (--metric)")
     by_est: dict[str, list[RunData]] = {}
-    for r in sorted(runs, key=lambda r: (r.estimator, r.seed if r.seed is not None else -1, r.name)):
-        by_est.setdefault(r.estimator, []).append(r)
+    for r in sorted(runs, key=lambda r: (r.arm, r.seed if r.seed is not None else -1, r.name)):
+        by_est.setdefault(r.arm, []).append(r)
     notes: list[str] = [f"skipped {line}" for line in skipped]
     if baseline not in by_est:
         if require_baseline:

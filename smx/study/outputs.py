@@ -104,13 +104,15 @@ def telemetry_lines(c: Comparison) -> list[str]:
     if not any(g.telemetry for g in c.groups):
         return []
     lines = ["", "## Routing telemetry (last logging step, mean over MoE layers and seeds)", "",
-             "| estimator | imbalance (max/mean load) | tokens without router gradient | router-logit RMS |",
-             "|---|---|---|---|"]
+             "| arm | imbalance (max/mean load) | tokens without router gradient | router-logit RMS | experts per "
+             "token | sparsity | ReMoE lambda |",
+             "|---|---|---|---|---|---|---|"]
     for g in c.groups:
         t = g.telemetry
         cell = lambda key, f: f.format(t[key]) if key in t else "n/a"  # noqa: E731
         lines.append(f"| {g.estimator} | {cell('imbalance', '{:.3f}')} | {cell('nograd', '{:.1%}')} | "
-                     f"{cell('logit_rms', '{:.3f}')} |")
+                     f"{cell('logit_rms', '{:.3f}')} | {cell('active', '{:.2f}')} | {cell('sparsity', '{:.1%}')} | "
+                     f"{cell('l1_coeff', '{:.2e}') if 'l1_coeff' in t else '-'} |")
     return lines
 
 

@@ -1,10 +1,12 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from smx import estimators
 
 ALL = ["topk", "straight_through", "sparsemixer_1st", "sparsemixer", "sparsemixer_inf", "sparsemixer_v2", "default_moe",
-       "densemixer"]
+       "densemixer", "remoe"]
 
 
 def test_names_are_the_documented_set():
@@ -33,7 +35,7 @@ def test_reference_defaults():
 def test_every_masking_or_jittering_estimator_calls_it_jitter_eps():
     for name in ALL:
         opts = estimators.REGISTRY[name].option_names()
-        if name not in ("straight_through", "densemixer"):  # neither masks nor jitters
+        if name not in ("straight_through", "densemixer", "remoe"):  # neither masks nor jitters
             assert "jitter_eps" in opts, name
 
 
@@ -81,6 +83,10 @@ def test_shapes_dtypes_and_no_inplace(name):
     before = logits.clone()
     r = estimators.get(name)(logits, k=k, training=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(logits, before)
+    if estimators.REGISTRY[name].variable_k:  # every expert is a column; `active` says which ones route
+        k = 6
+        assert r.active.shape == (10, 6) and torch.equal(r.active, r.gate > 0)
+        r = replace(r, probs=torch.where(r.active.any(1, keepdim=True), r.probs, 1 / 6))  # all-zero rows: 0
     assert r.expert_index.shape == (10, k) and r.expert_index.dtype == torch.int64
     assert r.gate.shape == (10, k) and r.gate.dtype == torch.float32
     assert r.probs.dtype == torch.float32 and torch.allclose(r.probs.sum(-1), torch.ones(10))
@@ -98,4 +104,7 @@ def test_generator_reproduces_and_eval_is_deterministic(name):
     e1 = est(logits, k=1, training=False, generator=torch.Generator().manual_seed(1))
     e2 = est(logits, k=1, training=False, generator=torch.Generator().manual_seed(2))
     assert torch.equal(e1.expert_index, e2.expert_index) and torch.equal(e1.gate, e2.gate)
-    assert torch.equal(e1.expert_index[:, 0], logits.argmax(-1))
+    if est.variable_k:  # ReMoE: every expert is a column, the largest gate on the largest logit
+        assert torch.equal(e1.gate.argmax(-1), logits.argmax(-1))
+    else:
+        assert torch.equal(e1.expert_index[:, 0], logits.argmax(-1))

@@ -160,3 +160,48 @@ def test_balance_reduction_gradient(dict_dir, reduction):
 def test_unknown_balance_reduction_is_refused(dict_dir):
     with pytest.raises(SystemExit):  # argparse choice error, before any model is built
         h.build(h.mt_argv(dict_dir, "--moe-balance-reduction", "mean"))
+
+
+def test_remoe_penalty_is_added_per_token_summed_over_layers_and_lambda_is_one_per_model(dict_dir):
+    task, model, criterion = h.build(h.mt_argv(
+        dict_dir, "--moe-num-experts", "4", "--moe-estimator", "remoe", "--moe-decoder-layers", "0,1",
+        "--moe-estimator-options", '{"l1_coeff": 0.5}', "--dropout", "0", "--label-smoothing", str(EPS),
+        "--moe-balance-weight", str(ALPHA), "--moe-zloss-weight", "0"))
+    blocks = [layer.fc1 for layer in (*model.encoder.layers, *model.decoder.layers) if hasattr(layer.fc1, "moe")]
+    assert len(blocks) == 3 and len({id(b.moe.relu_control) for b in blocks}) == 1  # one lambda for the model
+    model.train()
+    sample = h.mt_sample(task, PAIRS)
+    loss, sample_size, log, logits, extra = _run_twice(model, criterion, sample, seed=3)
+    task_loss, _ = _hand_label_smoothed(logits, sample["target"], task.target_dictionary.pad(), EPS)
+    aux = extra["moe"]
+    penalty = sum(a.penalty for a in aux)  # lambda * L1 of each layer, summed over the layers
+    assert all(float(a.balance_loss) == 0 for a in aux)  # no balance loss: moe.balance_weight does not act
+    assert penalty.item() > 1e-3
+    assert loss.item() == pytest.approx((task_loss + sample_size * penalty).item(), rel=1e-5)
+    assert log["moe_penalty"].item() == pytest.approx(penalty.item() * sample_size, rel=1e-5)
+    assert log["moe_l1_coeff"].item() == pytest.approx(0.5 * sample_size)
+    active = sum(a.stats.active for a in aux) / 3
+    assert log["moe_active"].item() == pytest.approx(active.item() * sample_size, rel=1e-5)
+    control = blocks[0].moe.relu_control
+    model.set_num_updates(0)  # fairseq's call reaches the shared control once (and each layer's call is idempotent)
+    model.set_num_updates(1)
+    assert abs(int(control.exponent)) <= 1 and int(control.counted_update) == 1
+    state = model.state_dict()  # a checkpoint names the shared control under each layer; loading fills one tensor
+    keys = [n for n in state if n.endswith("relu_control.exponent")]
+    assert len(keys) == 3 and {int(state[n]) for n in keys} == {int(control.exponent)}
+    model.load_state_dict(state)
+    assert all(b.moe.relu_control is control for b in blocks)
+
+
+def test_global_loss_flag_reaches_the_layer_and_equals_the_local_loss_in_one_micro_batch(dict_dir):
+    losses = []
+    for balance in ("loss", "global_loss"):
+        torch.manual_seed(0)  # the same initialization for both
+        task, model, criterion = h.build(h.mt_argv(
+            dict_dir, "--moe-num-experts", "4", "--moe-estimator", "topk", "--moe-balance", balance, "--dropout", "0",
+            "--moe-balance-weight", str(ALPHA)))
+        assert model.encoder.layers[0].fc1.moe.config.balance == balance
+        model.train()
+        model.set_num_updates(0)
+        losses.append(criterion(model, h.mt_sample(task, PAIRS))[0].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)

@@ -72,7 +72,7 @@ def run_layer(layer, x, pad, g):
         p.grad = None
     x = x.detach().clone().requires_grad_(True)
     out = layer(x, pad)
-    torch.autograd.backward([out.y, out.balance_loss, out.z_loss], [g, torch.tensor(0.3), torch.tensor(0.1)])
+    torch.autograd.backward([out.y, out.aux_loss(0.3, 0.1)], [g, torch.ones(())])
     grads = {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
     return out, x.grad.clone(), grads
 
@@ -154,7 +154,7 @@ def test_sync_free_training_step_never_waits_for_the_host(estimator, k, capacity
     pad[0, :2] = True
     with HostSyncs() as syncs:
         out = layer(x, pad)
-        torch.autograd.backward([out.y, out.balance_loss], [torch.randn_like(out.y), torch.tensor(0.01)])
+        torch.autograd.backward([out.y, out.aux_loss(0.01)], [torch.randn_like(out.y), torch.ones(())])
     assert syncs.found == []
 
 

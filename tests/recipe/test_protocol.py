@@ -131,3 +131,27 @@ def test_meta_arm_names_the_loss_free_variant_and_the_new_moe_parts():
         "router.estimator=topk", "moe.balance=loss_free", "moe.balance_weight=0", "moe.shared_experts=1"]))
     assert arm["moe.balance"] == "loss_free" and arm["moe.bias_update_rate"] == 1e-3 and arm["moe.shared_experts"] == 1
     assert arm["loss_free_variant"] == LOSS_FREE_VARIANT and "2408.15664" in LOSS_FREE_VARIANT
+
+
+def test_meta_arm_names_the_global_loss_and_remoe_rules():
+    arm = arm_settings(recipes.load(TINY, ["router.estimator=topk", "moe.balance=global_loss"]))
+    assert arm["moe.balance"] == "global_loss" and arm["global_loss_variant"] == protocol.GLOBAL_LOSS_VARIANT
+    assert "2501.11873" in protocol.GLOBAL_LOSS_VARIANT and "remoe_rule" not in arm
+    remoe = arm_settings(recipes.load(TINY, estimator="remoe"))
+    assert remoe["remoe_rule"] == protocol.REMOE_RULE and "ReLU" in protocol.REMOE_RULE
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["moe.balance=global_loss", "moe.balance_weight=0"], "moe.balance: global_loss changes the balance loss's f"),
+    (["router.estimator=remoe", "moe.score=sigmoid"], "router.estimator: moe.score=sigmoid: estimator 'remoe' gates "
+                                                      "with ReLU(z)"),
+    (["router.estimator=remoe", "moe.balance=global_loss"], "router.estimator: moe.balance=global_loss: estimator "
+                                                             "'remoe' balances through its adaptive L1 penalty"),
+    (["router.estimator=remoe", "moe.k=4"], "targets the sparsity 1 - k/E; moe.k=4"),
+    (["router.estimator=remoe", "router.options.l1_multiplier=0.9"], "l1_multiplier must be a number > 1"),
+])
+def test_meaningless_global_loss_and_remoe_recipes_are_one_line_problems(overrides, message):
+    with pytest.raises(UserError) as info:
+        load(overrides)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 1 and message in lines[0], lines

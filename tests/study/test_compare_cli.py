@@ -160,3 +160,26 @@ def test_compare_shows_routing_telemetry_when_logged(tmp_path, capsys):
     assert "| topk | 2.000 | 0.0% | 3.000 |" in md and "| sparsemixer | 1.200 | 30.0% | 3.000 |" in md
     groups = {g["estimator"]: g for g in json.loads((tmp_path / "c" / "compare.json").read_text())["groups"]}
     assert groups["topk"]["telemetry"] == {"imbalance": 2.0, "nograd": 0.0, "logit_rms": 3.0}
+
+
+def test_compare_groups_by_arm_so_routing_variants_of_one_estimator_stay_apart(tmp_path, capsys):
+    plain = {"balance": "loss", "score": "softmax", "shared_experts": 0, "expert_ffn_dim": None, "num_experts": 4}
+    variants = {"topk": plain, "topk[balance=loss_free]": {**plain, "balance": "loss_free"},
+                "topk[shared_experts=1, expert_ffn_dim=64]": {**plain, "shared_experts": 1, "expert_ffn_dim": 64,
+                                                              "num_experts": 8}}
+    for i, (label, moe) in enumerate(variants.items()):
+        for seed in (1, 2):
+            write_run(tmp_path / "s", f"v{i}-{seed}", "topk", seed, [(10, 3.0 - i * 0.1 - seed * 0.01)], moe=moe,
+                      load={"moe_imbalance": 1.0 + i, "moe_active": 1.0, "moe_sparsity": 0.75})
+    write_run(tmp_path / "s", "remoe-1", "remoe", 1, [(10, 2.5)], moe=plain,
+              load={"moe_imbalance": 1.4, "moe_active": 1.4, "moe_sparsity": 0.65, "moe_l1_coeff": 2e-4})
+    assert run(["compare", str(tmp_path / "s"), "--out", str(tmp_path / "c")]) == 0
+    doc = json.loads((tmp_path / "c" / "compare.json").read_text())
+    groups = {g["estimator"]: g for g in doc["groups"]}
+    assert set(groups) == {*variants, "remoe"} and doc["groups"][0]["estimator"] == "topk"  # the plain baseline
+    assert groups["topk[balance=loss_free]"]["seeds"] == [1, 2]
+    assert groups["topk[balance=loss_free]"]["best"]["mean"] == pytest.approx(2.885)
+    md = (tmp_path / "c" / "compare.md").read_text()
+    assert "| remoe | 1.400 | n/a | n/a | 1.40 | 65.0% | 2.00e-04 |" in md
+    assert "| topk[balance=loss_free] | 2.000 | n/a | n/a | 1.00 | 75.0% | - |" in md
+    assert "moe.num_experts" in md  # the fine-grained arm's expert count is listed as a difference
