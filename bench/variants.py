@@ -27,8 +27,7 @@ from smx.moe import MoEConfig, MoEFeedForward
 
 def build(args: argparse.Namespace, **config) -> MoEFeedForward:
     torch.manual_seed(args.seed)  # the same router and expert initialization on every side
-    d_ff = config.pop("d_ff", args.d_ff)
-    return MoEFeedForward(args.d_model, d_ff, MoEConfig(**{"num_experts": args.experts, **config}))
+    return MoEFeedForward(args.d_model, args.d_ff, MoEConfig(**{"num_experts": args.experts, **config}))
 
 
 @torch.no_grad()

@@ -6,9 +6,9 @@ token t iff g_te > 0, so the number of experts per token varies (Routing.active)
 sum_e g_te E_e(x_t) with the gates unnormalized.
 Backward: ordinary autograd through ReLU: dL/dz_te = dL/dg_te * 1[z_te > 0]. A token whose gates are all 0 reaches
 no expert and its router gets no task gradient (no_gradient_tokens).
-Sparsity control (the layer's, smx.moe.relu_control): a penalty lambda * L1 with the Switch balance formula on the
-gates, L1 = E * sum_e mean_t(g_te) * n_e / (T * k) (n_e the tokens with g_te > 0), whose coefficient adapts after
-every update: lambda <- lambda * alpha^sign((1 - k / E) - S), S the sparsity reached (fraction of zero gates),
+Sparsity control (the layer's, smx.moe.per_update.ReluControl): a penalty lambda * L1 with the Switch balance
+formula on the gates, L1 = E * sum_e mean_t(g_te) * n_e / (T * k) (n_e the tokens with g_te > 0), whose
+coefficient adapts after every update: lambda <- lambda * alpha^sign((1 - k / E) - S), S the sparsity reached (fraction of zero gates),
 lambda_0 = l1_coeff (1e-8), alpha = l1_multiplier (1.2). k only sets the target sparsity 1 - k / E.
 """
 
@@ -47,7 +47,7 @@ class ReMoE(Estimator):
         if balance != "loss":
             raise ValueError(f"moe.balance={balance}: estimator {self.name!r} balances through its adaptive L1 "
                              "penalty (router.options l1_coeff, l1_multiplier), not a balance loss or a selection "
-                             "bias; use moe.balance=loss with moe.balance_weight=0")
+                             "bias; leave moe.balance at loss (moe.balance_weight does not act on it)")
         super().validate(k, num_experts, score, balance)
         if k >= num_experts:
             raise ValueError(f"estimator {self.name!r} targets the sparsity 1 - k/E; moe.k={k} with "

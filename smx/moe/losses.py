@@ -120,7 +120,6 @@ def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor, logits: Ten
     assignments that exist; None: all)."""
     with torch.no_grad():
         num_tokens, num_experts = probs.shape
-        k = expert_index.shape[1]
         counts = expert_counts(expert_index, num_experts, valid, active)  # (n_experts,)
         load = assignment_fractions(expert_index, num_experts, valid, active)  # (n_experts,)
         routed = torch.ones_like(kept) if active is None else active  # (tokens, k)
@@ -131,8 +130,7 @@ def routing_stats(probs: Tensor, expert_index: Tensor, kept: Tensor, logits: Ten
         experts_per_token = token_mean(per_token, valid)
         return RoutingStats(
             load=load,
-            dropped=token_mean(dropped, valid) / experts_per_token.clamp(min=1) if active is not None
-            else token_mean(dropped, valid) / k,
+            dropped=token_mean(dropped, valid) / experts_per_token.clamp(min=1),
             entropy=router_entropy(probs.float(), valid),
             unused=(counts == 0).sum(),
             imbalance=torch.where(torch.as_tensor(any_routed, device=load.device), load.max() * num_experts, zero)
