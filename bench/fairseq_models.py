@@ -62,6 +62,19 @@ def device_argv(argv: list[str], device: str, precision: str) -> list[str]:
     return out + ({"fp16": ["--fp16"], "bf16": ["--bf16"]}.get(precision, []))
 
 
+def training_cfg(argv: list[str]):
+    """fairseq_cli.train's option parsing of `argv` -> its omegaconf config, with the plugin registered once and
+    --bf16 usable on any device (smx.fairseq_plugin.engine.bf16_keeps_tpu_off)."""
+    import smx.fairseq_plugin.register  # noqa: F401  (the plugin's models and criteria, registered once)
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from smx.fairseq_plugin.engine import bf16_keeps_tpu_off
+
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    bf16_keeps_tpu_off(args, argv)
+    return convert_namespace_to_omegaconf(args)
+
+
 @dataclass
 class TrainerParts:
     name: str
@@ -72,12 +85,10 @@ class TrainerParts:
 def build_trainer(name: str, argv: list[str], seed: int) -> TrainerParts:
     """fairseq's own Trainer (device placement, fp16 / bf16 with fp32 master weights, optimizer) as fairseq_cli.train
     builds it, for one process."""
-    import smx.fairseq_plugin.register  # noqa: F401
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq import tasks
     from fairseq.trainer import Trainer
 
-    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    cfg = training_cfg(argv)
     task = tasks.setup_task(cfg.task)
     task.load_dataset("train")
     torch.manual_seed(seed)
@@ -108,12 +119,9 @@ def trainer_update_fn(parts: TrainerParts, samples: list[dict]) -> Callable[[], 
 
 def build(name: str, argv: list[str], seed: int) -> Parts:
     """fairseq's option parsing, task, model, criterion and optimizer, as fairseq_cli.train sets them up."""
-    import smx.fairseq_plugin.register  # noqa: F401  (the plugin's models and criteria, registered once)
-    from fairseq import optim, options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq import optim, tasks
 
-    args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    cfg = convert_namespace_to_omegaconf(args)
+    cfg = training_cfg(argv)
     task = tasks.setup_task(cfg.task)
     task.load_dataset("train")
     torch.manual_seed(seed)

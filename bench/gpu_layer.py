@@ -12,14 +12,13 @@ On the CPU (--device cpu) the same rows run at small sizes, without targets (the
 
 from __future__ import annotations
 
-import statistics
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from bench.einsum_moe import EinsumMoE
-from bench.harness import Pairs, interleave, make_row
+from bench.harness import Pairs, Row, interleave, make_row
 from bench.moe_layer import zero_grads
 from smx import estimators
 from smx.moe import MoEConfig, MoEFeedForward
@@ -80,28 +79,29 @@ def moe_layer(d: int, d_ff: int, experts: int, k: int, estimator: str, device: t
     return layer
 
 
-def run(device: torch.device, dtype: torch.dtype, tokens: int, d: int, d_ff: int, experts: list[int], ks: list[int],
-        estimator_experts: int, repeats: int, warmup: int, inner: int) -> list:
+def rows(device: torch.device, dtype: torch.dtype, tokens: int, d: int, d_ff: int, experts: list[int],
+         ks: list[int], estimator_experts: int, repeats: int, warmup: int, inner: int) -> Iterator[Row]:
+    """The rows in turn (a generator: a caller keeps the rows timed before a failure, e.g. out of memory)."""
     torch.manual_seed(0)
     cuda = device.type == "cuda"
     x = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)  # (T, d)
     g = torch.randn(tokens, d, device=device, dtype=dtype)  # (T, d)
     shape = f"tokens {tokens}, d {d}, FFN {d_ff}, {str(dtype).removeprefix('torch.')}, {device.type}"
-    rows = []
     for k in ks:
         dense = nn.Sequential(nn.Linear(d, k * d_ff), nn.ReLU(), nn.Linear(k * d_ff, d)).to(device, dtype)
         for e in experts:
             moe = moe_layer(d, d_ff, e, k, "topk", device, dtype)
             target = TOP1_TARGETS.get(e, "") if cuda and k == 1 else ""
             pairs = timed_pairs(moe_step(moe, x, g), dense_step(dense, x, g), repeats, warmup, device, inner)
-            rows.append(make_row(f"E={e} top-{k}: MoE vs dense", f"smx MoE (E={e}, top-{k}, dropless)",
-                                 f"dense FFN ({k} x {d_ff})", pairs, target, notes=shape))
+            yield make_row(f"E={e} top-{k}: MoE vs dense", f"smx MoE (E={e}, top-{k}, dropless)",
+                           f"dense FFN ({k} x {d_ff})", pairs, target, notes=shape)
             if k == 1:
                 einsum = EinsumMoE(d, d_ff, e).to(device, dtype)
                 pairs = timed_pairs(moe_step(einsum, x, g), moe_step(moe, x, g), max(3, repeats // 2), warmup,
                                     device, inner)
-                rows.append(make_row(f"E={e} top-1: einsum vs smx", "one-hot einsum MoE (cf 1.25)",
-                                     f"smx MoE (E={e}, top-1)", pairs, notes="ratio = einsum time / smx time"))
+                yield make_row(f"E={e} top-1: einsum vs smx", "one-hot einsum MoE (cf 1.25)", f"smx MoE (E={e}, top-1)",
+                               pairs, notes="ratio = einsum time / smx time")
+                del einsum
             del moe
     for name in estimators.names():
         est = estimators.get(name)
@@ -119,13 +119,8 @@ def run(device: torch.device, dtype: torch.dtype, tokens: int, d: int, d_ff: int
             note = "computes every expert: reported apart" if every else (
                 "ReLU gates at initialization (about half the experts per token; the count follows the learned "
                 "sparsity): reported apart" if variable else shape)
-            rows.append(make_row(f"{name} vs topk (E={estimator_experts}, top-{k})", name, "topk", pairs,
-                                 "<= 1.02" if cuda and not (every or variable) else "", notes=note))
             del base, other
+            yield make_row(f"{name} vs topk (E={estimator_experts}, top-{k})", name, "topk", pairs,
+                           "<= 1.02" if cuda and not (every or variable) else "", notes=note)
             break  # one k per estimator: top-1 where it routes top-1
-    return rows
 
-
-def summary(rows: list) -> dict:
-    return {"rows": len(rows), "targets": sum(r.met is not None for r in rows),
-            "met": sum(bool(r.met) for r in rows), "median_ratio": statistics.median(r.ratio for r in rows)}

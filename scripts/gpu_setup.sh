@@ -5,9 +5,14 @@
 #
 #   bash scripts/gpu_setup.sh [WHEEL_DIR]        (default: .gpu-wheels)
 #   PYTHON=/path/to/python bash scripts/gpu_setup.sh     (default interpreter: python3)
+#   SMX_GPU_SITE=DIR bash scripts/gpu_setup.sh   (install into DIR with pip --target, never into the interpreter)
 #
 # pip runs with --no-index (nothing is fetched) and with torch and numpy pinned to the versions already installed,
 # and the wheel folder holds neither, so pip can never replace them.
+# Where the interpreter's site-packages is not writable (a non-root user on a root-owned image), or SMX_GPU_SITE is
+# set, the carried wheels go into a folder instead (default .gpu-site in the repo root, git-ignored) with
+# --target --no-deps, and every later command needs PYTHONPATH=$PWD/.gpu-site:$PWD (README "On a GPU" always sets
+# it: harmless where the folder does not exist).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +20,7 @@ cd "$REPO"
 PYTHON="${PYTHON:-python3}"
 WHEELS="${1:-.gpu-wheels}"
 
-die() { echo "gpu_setup.sh: $*" >&2; exit 1; }
+die() { echo "gpu_setup.sh: $*" >&2; exit 2; }
 
 shopt -s nullglob
 fs=("$WHEELS"/fairseq_fixed-*.whl)
@@ -48,14 +53,30 @@ sys.exit(not (sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysc
   PIP+=(--break-system-packages)
 fi
 
-echo "== installing from $WHEELS (offline)"
-# With dependencies: pip checks that what fairseq needs and the folder lacks (torch, torchaudio, numpy, cython,
-# scikit-learn, regex, sacrebleu, tqdm, packaging, pyyaml, click, joblib) is installed already. If that fails (a
-# machine without torchaudio, say), install exactly the carried wheels, without dependencies, and let the imports decide.
-if ! "${PIP[@]}" -q fairseq-fixed sacremoses subword-nmt 2>"$WORK/pip.err"; then
-  grep -E '^ERROR' "$WORK/pip.err" | head -3 >&2 || true
-  echo "gpu_setup.sh: WARNING: the install with dependencies failed (above); installing the carried wheels with --no-deps" >&2
-  "${PIP[@]}" -q --no-deps "$WHEELS"/*.whl
+SITE="${SMX_GPU_SITE:-}"
+if [ -z "$SITE" ] && ! "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not all(os.access(sysconfig.get_path(k), os.W_OK) for k in ("purelib", "platlib")))'; then
+  SITE="$REPO/.gpu-site"
+  echo "   (the site-packages of $PYTHON is not writable: installing into $SITE)"
+fi
+
+if [ -n "$SITE" ]; then
+  mkdir -p "$SITE" || die "cannot create $SITE (set SMX_GPU_SITE to a writable folder)"
+  SITE="$(cd "$SITE" && pwd)"
+  echo "== installing from $WHEELS (offline) into $SITE (--target, the carried wheels only)"
+  "${PIP[@]}" -q --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+else
+  echo "== installing from $WHEELS (offline)"
+  # With dependencies: pip checks that what fairseq needs and the folder lacks (torch, torchaudio, numpy, cython,
+  # scikit-learn, regex, sacrebleu, tqdm, packaging, pyyaml, click, joblib) is installed already. If that fails (a
+  # machine without torchaudio, say), install exactly the carried wheels, without dependencies, and let the imports
+  # decide.
+  if ! "${PIP[@]}" -q fairseq-fixed sacremoses subword-nmt 2>"$WORK/pip.err"; then
+    grep -E '^ERROR' "$WORK/pip.err" | head -3 >&2 || true
+    echo "gpu_setup.sh: WARNING: the install with dependencies failed (above); installing the carried wheels with --no-deps" >&2
+    "${PIP[@]}" -q --no-deps "$WHEELS"/*.whl
+  fi
 fi
 
 after="$(versions)"
@@ -77,6 +98,12 @@ for ext in ("libnat", "libbase"):
     except ImportError:
         print(f"   fairseq.{ext}: not built (torch C++ extension; only non-autoregressive models / BASE layers need it)")
 EOF
+
+if [ -n "$SITE" ]; then
+  (cd "$WORK" && "$PYTHON" -c 'import smx, os; print("   smx importable from", os.path.dirname(smx.__file__))')
+  echo "done: run every command with PYTHONPATH=$SITE:$REPO, e.g. PYTHONPATH=$SITE:$REPO $PYTHON -m smx ..."
+  exit 0
+fi
 
 echo "== smx (editable, no dependencies)"
 if "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' 2>/dev/null &&

@@ -116,7 +116,9 @@ def fairseq_argv(recipe: Recipe, run_dir: str | Path, data_dir: str | Path, resu
 
     if device == "cpu":
         a += ["--cpu"]
-    elif t.fp16 in (True, "auto"):
+    if t.bf16:  # on any device (smx.fairseq_plugin.engine: fairseq 0.12 would take it for a TPU)
+        a += ["--bf16"]
+    elif device != "cpu" and t.fp16 in (True, "auto"):
         a += ["--fp16"]
         if t.fp16_init_scale is not None:
             a += ["--fp16-init-scale", str(t.fp16_init_scale)]

@@ -10,7 +10,10 @@ The experts run as one grouped computation over the sorted slices (run_experts p
   (no tokens x d_ff temporaries beyond the one activation buffer a dense FFN also keeps, weight gradients written in
   place); the slice lengths are host ints, which costs nothing on the CPU;
 - "grouped_mm" (accelerators): torch's grouped GEMM with the slice offsets kept on the device (no host
-  synchronisation in the dropless path), biases gathered per row;
+  synchronisation in the dropless path), biases gathered per row. torch (2.11) documents it for bfloat16 on CUDA;
+  other dtypes take its fallback, a loop over the groups that reads the offsets on the host (one synchronisation per
+  grouped GEMM; bench gpu-check reports the fp16 step's syncs), so the sync-free precision there is bf16
+  (recipe train.bf16);
 - "loop": plain autograd per expert (any dtype, activation dropout on the CPU; the readable reference).
 All three give the same values and gradients (tests/moe/test_moe_perf_equivalence.py).
 Static plans (plan_dispatch_static: accelerators) hold all tokens * k assignments, kept ones first, so that no shape

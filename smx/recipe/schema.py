@@ -216,7 +216,10 @@ class TrainConfig:
     validate_interval_updates: int = 0  # 0 = only at epoch ends
     save_interval_updates: int = 0  # 0 = only at epoch ends
     keep_last: int = 1  # interval checkpoints kept (checkpoint_last.pt and checkpoint_best.pt are always kept)
-    fp16: bool | Literal["auto"] = "auto"  # auto = on GPU only
+    fp16: bool | Literal["auto"] = "auto"  # auto = on GPU only (unless bf16)
+    # bfloat16 instead (fairseq --bf16, on any device: fp32 master weights, no loss scaling). On GPUs from Ampere on
+    # it is also the precision of torch's grouped GEMM kernel, without a host sync (smx.moe.dispatch).
+    bf16: bool = False
     fp16_init_scale: int | None = None  # fairseq's --fp16-init-scale (null: fairseq's 128)
     fp16_scale_window: int | None = None  # fairseq's --fp16-scale-window (null: fairseq's own choice)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -250,6 +253,12 @@ class TrainConfig:
                 _positive(p, key, getattr(self, key))
         if self.fp16 is True and self.device == "cpu":
             p.append(("fp16", "true needs a GPU but train.device is cpu (use fp16: auto)"))
+        if self.bf16:
+            if self.fp16 is True:
+                p.append(("bf16", "true and train.fp16 true: choose one precision (fp16: auto gives way to bf16)"))
+            for key in ("fp16_init_scale", "fp16_scale_window"):
+                if getattr(self, key) is not None:
+                    p.append((key, "is fp16's loss scaling; train.bf16 trains without a loss scaler: set it to null"))
         _raise(p)
 
 

@@ -109,6 +109,21 @@ def test_new_moe_parts_reach_the_argv_only_when_set():
             recipes.load(REPO / "recipes/tiny.yaml", [bad])
 
 
+def test_precision_flags():
+    """fp16: auto -> --fp16 on CUDA only; train.bf16 -> --bf16 on either device and never with --fp16 or a scaler."""
+    def flags(overrides: list[str], device: str) -> list[str]:
+        recipe = recipes.load(REPO / "recipes/wmt14_switch.yaml", overrides)  # it sets fp16 init scale and window
+        a = launch.fairseq_argv(recipe, Path("R"), Path("D"), resume=False, device=device)
+        return [x for x in a if x in ("--cpu", "--fp16", "--bf16", "--fp16-init-scale", "--fp16-scale-window")]
+
+    assert flags([], "cpu") == ["--cpu"]
+    assert flags([], "cuda") == ["--fp16", "--fp16-init-scale", "--fp16-scale-window"]
+    bf16 = ["train.bf16=true", "train.fp16_init_scale=null", "train.fp16_scale_window=null"]
+    assert flags(bf16, "cuda") == ["--bf16"]
+    assert flags(bf16, "cpu") == ["--cpu", "--bf16"]
+    assert flags(bf16 + ["train.fp16=false"], "cuda") == ["--bf16"]
+
+
 def test_engine_command_single_and_torchrun():
     single = process.engine_command("fairseq_cli.train", ["D", "--cpu"], process.Distributed(), python="PY")
     assert single == ["PY", "-P", "-m", "smx.engine.entry", "fairseq_cli.train", "D", "--cpu"]

@@ -100,3 +100,30 @@ def test_register_once_package_first():
         utils.import_user_module(argparse.Namespace(user_dir=str(user_dir())))
     """, CHECK)
     assert out.strip().endswith("ok")
+
+
+def test_bf16_keeps_tpu_off_unless_asked():
+    """fairseq 0.12 sets tpu whenever --bf16 (then the Trainer asks torch_xla for a device). The plugin's import wraps
+    fairseq's call_main (every fairseq_cli module's next step after parsing) to turn it off again unless --tpu was
+    asked for, in cfg.common and in its copy cfg.distributed_training."""
+    out = _python("""
+        import sys
+        from fairseq import options
+        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+        from fairseq.distributed import utils as distributed_utils
+        seen = []
+        distributed_utils.call_main = lambda cfg, main, **kw: seen.append(
+            (cfg.common.bf16, cfg.common.tpu, cfg.distributed_training.tpu))
+        import smx.fairseq_plugin.register
+        from smx.fairseq_plugin.engine import install_bf16_on_any_device
+        install_bf16_on_any_device()  # a second install does not wrap the wrapper
+        argv = ["D", "--task", "translation", "--arch", "transformer", "--cpu"]
+        for extra in (["--bf16"], ["--bf16", "--tpu"], ["--fp16"]):
+            sys.argv = ["train", *argv, *extra]
+            args = options.parse_args_and_arch(options.get_training_parser(), sys.argv[1:])
+            seen.append(("parsed", args.tpu))
+            distributed_utils.call_main(convert_namespace_to_omegaconf(args), None)
+        print(seen, distributed_utils.call_main.__wrapped__.__name__)
+    """)
+    assert out.strip().splitlines()[-1] == ("[('parsed', True), (True, False, False), ('parsed', True), "
+                                            "(True, True, True), ('parsed', False), (False, False, False)] <lambda>")
