@@ -14,8 +14,8 @@ Parts (bench/gpu_units.py, bench/gpu_layer.py, bench/gpu_train.py):
 One JSON (default bench/results/gpu_check_<device>.json, the device named inside) and the tables printed. The JSON is
 rewritten after every part and every layer row ("finished": false until the last), so a run cut off by a time limit
 keeps what finished; the layer part stops timing rows after --layer-budget-s (240 s on CUDA), noted under
-"stopped", so that the train part still runs. A part that raises is recorded under "errors" with its traceback (printed too) and the other parts still
-run; the exit code is then 1, as it is when a correctness check fails.
+"stopped", so that the train part still runs. A part that raises is recorded under "errors" with its traceback
+(printed too) and the other parts still run; the exit code is then 1, as it is when a correctness check fails.
 --device cpu --quick runs every part at small sizes in a few minutes (a test does), so the script is known to work
 before an accelerator sees it. On the GPU machine: see README "Performance" for the command and what travels.
 """
@@ -164,12 +164,11 @@ def run_part(part: str, device: torch.device, args: argparse.Namespace, small: b
             print_rows(console, "MoE layer forward + backward (bf16)", rows)
     else:
         train = doc["parts"]["train"] = {}
-        row = gpu_train.throughput(device, Path(args.data_root), args.quick, repeats=3 if small else 20,
-                                   warmup=1 if small else 5)
-        train["throughput"] = asdict(row)
+        timing = {"repeats": 3 if small else 20, "warmup": 1 if small else 5}
+        train["throughput"] = asdict(gpu_train.throughput(device, Path(args.data_root), args.quick, **timing))
         if device.type == "cuda" and gpu_train.precision(device) == "bf16":  # what fp16 (the reference recipes') costs
-            train["throughput_fp16"] = asdict(gpu_train.throughput(device, Path(args.data_root), args.quick,
-                                                                   repeats=20, warmup=5, dtype="fp16"))
+            train["throughput_fp16"] = asdict(gpu_train.throughput(device, Path(args.data_root), args.quick, **timing,
+                                                                   dtype="fp16"))
         print_rows(console, "training tokens/s", [train[k] for k in ("throughput", "throughput_fp16") if k in train])
         engine = train["engine"] = gpu_train.engine_run(device, Path(args.data_root), work, args.quick)
         console.print(f"engine: {engine.get('updates')} updates in {engine.get('train_wall_s')} s, median wps "

@@ -79,7 +79,8 @@ def engine_run(device, data_root: Path, work: Path, quick: bool) -> dict:
                  "train.max_update": updates, "train.max_tokens": 8192 if cuda else 2048,
                  "train.validate_interval_updates": updates // 2, "train.save_interval_updates": updates // 2,
                  "router.estimator": "topk", "data.root": str(data_root)}
-    if precision(device) == "bf16":
+    dtype = precision(device)
+    if dtype == "bf16":
         overrides["train.bf16"] = "true"
     cmd = [sys.executable, "-m", "smx", "train", str(REPO_ROOT / "recipes" / "tiny.yaml"), "--run-dir", str(run),
            "--device", device.type, "--no-progress"]
@@ -88,7 +89,7 @@ def engine_run(device, data_root: Path, work: Path, quick: bool) -> dict:
     begin = time.monotonic()
     train = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     train_s = time.monotonic() - begin
-    out = {"command": " ".join(cmd), "updates": updates, "precision": precision(device), "train_rc": train.returncode,
+    out = {"command": " ".join(cmd), "updates": updates, "precision": dtype, "train_rc": train.returncode,
            "train_wall_s": round(train_s, 1)}
     if train.returncode != 0:
         out["train_error"] = (train.stderr or train.stdout)[-2000:]
