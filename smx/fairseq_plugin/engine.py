@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import Sequence
 
 import torch
@@ -78,8 +79,6 @@ def install_bf16_on_any_device() -> None:
     bf16_keeps_tpu_off on its cfg.common and the copy in cfg.distributed_training (once per process).
     Installed by smx.fairseq_plugin.register, i.e. when fairseq imports the --user-dir during parsing: fairseq_cli
     sets up logging before it imports fairseq, so nothing of fairseq may be imported earlier."""
-    import sys
-
     from fairseq.distributed import utils as distributed_utils
 
     original = distributed_utils.call_main
